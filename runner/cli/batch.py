@@ -1,0 +1,1 @@
+"""Commands: batch (filled in by its issue)."""

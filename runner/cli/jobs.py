@@ -1,0 +1,1 @@
+"""Commands: jobs (filled in by its issue)."""

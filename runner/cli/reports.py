@@ -1,0 +1,1 @@
+"""Commands: reports (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Commands: schedule (filled in by its issue)."""

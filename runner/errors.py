@@ -1,0 +1,71 @@
+"""The one exception tree of assistant-runner.
+
+Library code raises these; only the CLI turns them into a message and an exit code::
+
+    RunnerError                      exit 1 unless a subclass says otherwise
+    ├── UsageError                   exit 2  bad option values, missing files
+    ├── JobFileError                 exit 2  an invalid job file (carries every problem found)
+    ├── BackendError                 exit 1  the API answered in a way we cannot use
+    │   └── FatalAPIError            exit 3  authentication rejected or quota exhausted: stop everything
+    ├── QueueError                   exit 3  Redis unreachable or a batch that does not exist
+    └── SimulatorError               exit 3  the built-in simulator could not start
+
+Messages are meant for users and never contain an API key or a password.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RunnerError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(RunnerError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a job file (or a file it refers to), located by file and line."""
+
+    path: str
+    line: int | None
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        line = "" if self.line is None else f"{self.line}:"
+        where = f" {self.where}:" if self.where else ""
+        return f"{self.path}:{line}{where} {self.what}"
+
+
+class JobFileError(RunnerError):
+    """A job file that does not validate; holds every problem found, not only the first."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class BackendError(RunnerError):
+    """The server answered in a way that cannot be retried or used."""
+
+
+class FatalAPIError(BackendError):
+    """401/403 or insufficient quota: retrying cannot help and nothing more should be sent."""
+
+    exit_code = 3
+
+
+class QueueError(RunnerError):
+    exit_code = 3
+
+
+class SimulatorError(RunnerError):
+    exit_code = 3

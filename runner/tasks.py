@@ -1,0 +1,73 @@
+"""Conversation tasks: the internal, fully expanded unit of work.
+
+`runner.jobfile` turns a job file into these (vars substituted, dataset rows, matrix combinations
+and repeats expanded); backends, workers and the queue consume them. They cross Redis as JSON
+(`model_dump(mode="json")` / `model_validate`), so they hold no secrets and no Python objects.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Api(StrEnum):
+    ASSISTANTS = "assistants"
+    RESPONSES = "responses"
+    CHAT = "chat"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AssistantSpec(_Frozen):
+    """An assistant as the job describes it; `id` is set when the job names an existing one."""
+
+    key: str
+    name: str
+    model: str
+    id: str | None = None
+    instructions: str | None = None
+    temperature: float | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+
+
+class CheckSpec(_Frozen):
+    """One `expect:` item, its value already rendered with the conversation's vars."""
+
+    type: str
+    value: Any = None
+
+
+class TurnSpec(_Frozen):
+    user: str
+    expect: tuple[CheckSpec, ...] = ()
+
+
+class Limits(_Frozen):
+    """The job's `limits:`; shared by every worker on the same Redis."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrency: int = 8
+    run_timeout_s: float = 120.0
+    max_attempts: int = 4
+
+
+class ConversationTask(_Frozen):
+    """One conversation to carry out, exactly once per batch."""
+
+    conversation_id: str  # stable: "<job>/<conversation>[#<k>=<v>...]#r<repeat>"
+    job: str
+    api: Api
+    model: str
+    assistant: AssistantSpec
+    vars: dict[str, Any] = {}
+    matrix: dict[str, Any] = {}
+    turns: tuple[TurnSpec, ...]
+    tool_outputs: dict[str, str] = {}
+    limits: Limits = Limits()
+    repeat_index: int = 0
