@@ -1,0 +1,611 @@
+"""The scheduler: job files with `schedule:` enqueued as one batch per cron tick into the shared queue.
+
+`runner schedule FILE...` runs a `Scheduler`. Several schedulers may run against the same Redis
+(one per machine, for availability); every tick is still enqueued exactly once:
+
+* **Lease.** Each scheduled job has a lease in Redis (`SET NX PX` with a random token, renewed every
+  third of its TTL, released on a clean exit). Only the holder enqueues the job's ticks; the others
+  stand by and take the lease over within one TTL when the holder dies.
+* **Watermark + claim.** The last tick handled per job is kept in Redis. A tick is claimed by one Lua
+  script that checks the caller still holds the lease (a fence against a holder that stalled past
+  its TTL), that the tick is after the watermark, and sets `runner:schedule:<job>:tick:<iso>` NX.
+  Only then is the batch enqueued, with a batch id made from the job name and the tick time. So a
+  restart, a failover or a second scheduler never enqueues a tick again. A scheduler that dies between
+  the claim and the enqueue loses that one tick (at most once, never twice); the status shows it.
+* **Missed ticks.** Ticks that came while no scheduler ran are handled when a scheduler starts (or
+  takes a lease over): the latest one is enqueued once if it is less than one period old (its next
+  tick has not come yet, which always holds for the latest tick of a regular cron), and every older
+  one is skipped with a log line. The first scheduler ever to see a job starts from its next tick.
+* **Reload.** Files are re-read when they change and at every tick, so an edit is picked up without a
+  restart; a file that no longer validates is reported (`PATH:LINE: where: what`) and its last valid
+  version stays scheduled.
+
+Cron (`cron_problem`, `parse_cron`): five fields (minute resolution) or six with seconds first
+(`*/10 * * * * *`), `@daily`-style aliases, in UTC unless prefixed with `CRON_TZ=<IANA zone> ` (or
+`TZ=`), e.g. `CRON_TZ=Europe/Paris 0 6 * * *`. Time is injected (`clock`, `sleep`) so tests control it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import redis as redis_lib
+from croniter import croniter
+
+from runner.errors import JobFileError, Problem, QueueError, RunnerError, UsageError
+
+if TYPE_CHECKING:
+    from runner.jobfile import Job
+
+log = logging.getLogger("runner.schedule")
+
+KEY_PREFIX = "runner:schedule:"
+"""Per job: `<prefix><job>` (state hash), `<prefix><job>:lease`, `<prefix><job>:tick:<iso>`."""
+SCHEDULES_KEY = "runner:schedules"
+"""Set of the job names any scheduler has registered (what `runner status` lists)."""
+DEFAULT_LEASE_TTL_S = 5.0
+"""A dead holder's lease expires after this; a standby takes over within it (plus one renewal)."""
+CLAIM_TTL_MIN_S = 3600.0
+"""Tick claims outlive any race on their tick; the watermark, not the claim, guards restarts."""
+CLAIM_TTL_MAX_S = 40 * 86400.0
+LATE_AFTER_S = 2.0
+"""A tick enqueued later than this after its time is logged as a missed tick."""
+SKIPPED_LINES_MAX = 5
+"""More skipped ticks than this are logged as one summary line, not one line each."""
+SKIPPED_COUNT_MAX = 10_000
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], None]
+Enqueue = Callable[..., str]
+Load = Callable[[str | Path], "Job"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(t: datetime) -> str:
+    """A tick as a stable UTC key: `2026-11-27T06:00:00Z`."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tick_batch_id(name: str, tick: datetime) -> str:
+    """The batch id of a job's tick: the same on every scheduler, so a tick maps to one batch."""
+    return f"{name}-{tick.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+# --- cron -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed `schedule:`: the cron fields, their time zone, and whether a seconds field leads."""
+
+    text: str
+    fields: str
+    tz: tzinfo
+    seconds: bool
+
+    def _iter(self, start: datetime) -> croniter:
+        return croniter(self.fields, start.astimezone(self.tz), second_at_beginning=self.seconds)
+
+    def next_after(self, t: datetime) -> datetime:
+        """The first tick strictly after `t` (in the cron's zone)."""
+        nxt: datetime = self._iter(t).get_next(datetime)
+        return nxt
+
+    def latest_at_or_before(self, t: datetime) -> datetime:
+        """The last tick at or before `t`."""
+        prev: datetime = self._iter(t).get_prev(datetime)
+        nxt = self.next_after(prev)
+        return nxt if nxt <= t else prev
+
+
+def _split_tz(text: str) -> tuple[str, str | None]:
+    head, _, rest = text.strip().partition(" ")
+    for prefix in ("CRON_TZ=", "TZ="):
+        if head.startswith(prefix):
+            return rest.strip(), head[len(prefix) :]
+    return text.strip(), None
+
+
+def cron_problem(text: str) -> str | None:
+    """What is wrong with a `schedule:` value, or None; the job-file validator can use this too."""
+    if not isinstance(text, str) or not text.strip():
+        return "must be a cron expression such as '0 6 * * *'"
+    fields, zone = _split_tz(text)
+    if zone is not None:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            return f"unknown time zone {zone!r} (use an IANA name such as Europe/Paris)"
+    n = len(fields.split())
+    if not fields.startswith("@") and n not in (5, 6):
+        return f"cron {fields!r} has {n} fields; use 5 (minute hour day month weekday) or 6 (seconds first)"
+    if not croniter.is_valid(fields, second_at_beginning=n == 6):
+        return f"invalid cron expression {fields!r}"
+    return None
+
+
+def parse_cron(text: str) -> Cron:
+    """A `Cron` from a `schedule:` value; raises UsageError when it is not one."""
+    problem = cron_problem(text)
+    if problem is not None:
+        raise UsageError(f"schedule {text!r}: {problem}")
+    fields, zone = _split_tz(text)
+    tz: tzinfo = ZoneInfo(zone) if zone else UTC
+    return Cron(text=text.strip(), fields=fields, tz=tz, seconds=len(fields.split()) == 6)
+
+
+# --- Redis scripts --------------------------------------------------------------------------------
+
+_HOLD = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, cur} end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {2, ''} end
+return {0, cur}
+"""
+"""Renew our lease (1), take a free one (2), or report its holder (0)."""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_ADVANCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local done = tonumber(redis.call('HGET', KEYS[2], 'handled_until_ms') or '-1')
+if done >= tonumber(ARGV[2]) then return 0 end
+if ARGV[5] == 'enqueue' then
+  if not redis.call('SET', KEYS[3], 'enqueuing ' .. ARGV[1], 'NX', 'PX', ARGV[4]) then return 0 end
+  redis.call('HSET', KEYS[2], 'last_tick', ARGV[3], 'last_batch', ARGV[6], 'last_status', 'enqueuing',
+             'last_error', '')
+end
+redis.call('HSET', KEYS[2], 'handled_until_ms', ARGV[2], 'handled_until', ARGV[3])
+return 1
+"""
+"""Fenced by the lease: move the job's watermark to a tick, claiming it when it is to be enqueued.
+Returns 1 when done, 0 when the tick was already handled, -1 when the lease is no longer ours."""
+
+
+# --- the scheduler --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """One job file as the scheduler sees it: its last valid version and its lease state."""
+
+    path: Path
+    job: Job | None = None
+    cron: Cron | None = None
+    stat: tuple[int, int, int] | None = None
+    reported: str | None = None  # the last load problem logged, so it is logged once
+    held: bool = False
+    holder_seen: str | None = None
+    next_written: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        return self.job.name if self.job is not None and self.cron is not None else None
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _problems_of(err: RunnerError, path: Path) -> list[str]:
+    if isinstance(err, JobFileError):
+        return [str(p) for p in err.problems]
+    return [f"{path}: {err}"]
+
+
+@dataclass
+class Scheduler:
+    """Enqueues the ticks of job files with `schedule:`; see the module docstring for the rules.
+
+    `run()` loops until `stop()`; `step()` is one pass (tests drive it with an injected clock).
+    """
+
+    paths: Sequence[str | Path]
+    redis: redis_lib.Redis
+    enqueue: Enqueue | None = None  # default: runner.queue.enqueue_job
+    load: Load | None = None  # default: runner.jobfile.load_job
+    clock: Clock = utc_now
+    sleep: Sleep | None = None  # default: wait on the stop event, so a signal wakes us at once
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+    holder: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._entries = [_Entry(Path(p)) for p in self.paths]
+        self._hold = self.redis.register_script(_HOLD)
+        self._release = self.redis.register_script(_RELEASE)
+        self._advance = self.redis.register_script(_ADVANCE)
+        self._load_all()
+
+    # -- set-up and files --
+
+    def _load_fn(self) -> Load:
+        if self.load is None:
+            from runner.jobfile import load_job
+
+            return load_job
+        return self.load
+
+    def _read(self, e: _Entry) -> tuple[Job, Cron | None]:
+        """Load and parse one file; raises JobFileError (with the schedule problem located)."""
+        job = self._load_fn()(e.path)
+        if job.schedule is None:
+            return job, None
+        problem = cron_problem(job.schedule)
+        if problem is not None:
+            raise JobFileError([Problem(str(e.path), None, "schedule", problem)])
+        return job, parse_cron(job.schedule)
+
+    def _load_all(self) -> None:
+        """At start every file must validate (exit 2 otherwise) and one at least must be scheduled."""
+        problems: list[Problem] = []
+        for e in self._entries:
+            e.stat = _stat(e.path)
+            try:
+                e.job, e.cron = self._read(e)
+            except JobFileError as err:
+                problems.extend(err.problems)
+        if problems:
+            raise JobFileError(problems)
+        unscheduled = [e for e in self._entries if e.cron is None]
+        if len(self._entries) == 1 and unscheduled:
+            raise UsageError(f"{self._entries[0].path}: no `schedule:` in this job file, nothing to schedule")
+        if len(unscheduled) == len(self._entries):
+            raise UsageError("none of these job files has a `schedule:`, nothing to schedule")
+        for e in unscheduled:
+            log.warning("%s: no `schedule:`, not scheduled (until it has one)", e.path)
+        names = [e.name for e in self._entries if e.name]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise UsageError(f"job name {dupes[0]!r} is scheduled by more than one file")
+
+    def _reload(self, e: _Entry, *, force: bool) -> None:
+        """Pick up an edited file; a broken one keeps its last valid version (reported once)."""
+        stat = _stat(e.path)
+        if not force and stat == e.stat:
+            return
+        e.stat = stat
+        try:
+            job, cron = self._read(e)
+        except RunnerError as err:
+            lines = _problems_of(err, e.path)
+            if "\n".join(lines) != e.reported:
+                e.reported = "\n".join(lines)
+                for line in lines:
+                    log.error("%s (keeping the last valid version)", line)
+            return
+        except OSError as err:
+            msg = f"{e.path}: cannot read: {err.strerror}"
+            if msg != e.reported:
+                e.reported = msg
+                log.error("%s (keeping the last valid version)", msg)
+            return
+        others = {o.name for o in self._entries if o is not e}
+        if cron is not None and job.name in others:
+            msg = f"{e.path}: job name {job.name!r} is scheduled by another file"
+            if msg != e.reported:
+                e.reported = msg
+                log.error("%s (keeping the last valid version)", msg)
+            return
+        e.reported = None
+        changed = e.job is None or e.job.digest != job.digest or e.cron != cron
+        if changed and not force:
+            if cron is None:
+                log.warning("%s: no `schedule:` any more, not scheduled (until it has one)", e.path)
+            else:
+                log.info("%s: reloaded (%s: %s)", e.path, job.name, cron.text)
+        if e.name is not None and job.name != e.name and e.held:
+            self._release_lease(e)
+        e.job, e.cron = job, cron
+        if changed:
+            e.next_written = None
+
+    # -- leases --
+
+    def _key(self, name: str, suffix: str = "") -> str:
+        return f"{KEY_PREFIX}{name}{suffix}"
+
+    def _hold_lease(self, e: _Entry, name: str) -> bool:
+        ttl_ms = int(self.lease_ttl_s * 1000)
+        status, holder = self._hold(keys=[self._key(name, ":lease")], args=[self.holder, ttl_ms])
+        holder = holder.decode() if isinstance(holder, bytes) else str(holder)
+        if status == 0:
+            if e.held:
+                log.warning("%s: lost the lease to %s, standing by", name, holder)
+            elif holder != e.holder_seen:
+                log.info("%s: standing by (lease held by %s)", name, holder)
+            e.held, e.holder_seen = False, holder
+            return False
+        if status == 2 or not e.held:
+            log.info("%s: holding the lease (%s)", name, self.holder)
+        e.held, e.holder_seen = True, self.holder
+        return True
+
+    def _release_lease(self, e: _Entry) -> None:
+        if e.name is not None and e.held:
+            self._release(keys=[self._key(e.name, ":lease")], args=[self.holder])
+            log.info("%s: released the lease", e.name)
+        e.held = False
+
+    def release(self) -> None:
+        """Give up every lease held, so a standby takes over at once (called on a clean exit)."""
+        for e in self._entries:
+            try:
+                self._release_lease(e)
+            except redis_lib.RedisError as err:
+                log.warning("%s: could not release the lease: %s", e.name, err)
+
+    # -- ticks --
+
+    def _register(self, e: _Entry, name: str, now: datetime) -> None:
+        assert e.cron is not None
+        nxt = iso(e.cron.next_after(now))
+        if e.next_written == nxt:
+            return
+        pipe = self.redis.pipeline()
+        pipe.sadd(SCHEDULES_KEY, name)
+        pipe.hset(
+            self._key(name),
+            mapping={"job": name, "cron": e.cron.text, "source": str(e.path), "next_tick": nxt},
+        )
+        pipe.execute()
+        e.next_written = nxt
+
+    def _advance_to(self, name: str, tick: datetime, period: timedelta, mode: str, batch_id: str = "") -> int:
+        assert mode in ("enqueue", "skip")
+        ttl_ms = int(min(max(CLAIM_TTL_MIN_S, 3 * period.total_seconds()), CLAIM_TTL_MAX_S) * 1000)
+        keys = [self._key(name, ":lease"), self._key(name), self._key(name, f":tick:{iso(tick)}")]
+        args: list[str | int] = [self.holder, int(tick.timestamp() * 1000), iso(tick), ttl_ms, mode, batch_id]
+        return int(self._advance(keys=keys, args=args))
+
+    def _due(self, e: _Entry, name: str, now: datetime) -> None:
+        """Enqueue the job's due tick (or skip the stale ones), as the lease holder."""
+        assert e.cron is not None
+        state = self._key(name)
+        done_ms = self.redis.hget(state, "handled_until_ms")
+        if done_ms is None:
+            # First scheduler ever for this job: nothing was missed, ticks count from now.
+            self.redis.hset(
+                state, mapping={"handled_until_ms": int(now.timestamp() * 1000), "handled_until": iso(now)}
+            )
+            log.info(
+                "%s: scheduled '%s' from %s, next tick %s",
+                name,
+                e.cron.text,
+                iso(now),
+                iso(e.cron.next_after(now)),
+            )
+            return
+        done = datetime.fromtimestamp(int(done_ms) / 1000, UTC)
+        latest = e.cron.latest_at_or_before(now)
+        if latest <= done:
+            return
+        self._log_skipped(name, e.cron, done, latest)
+        period = e.cron.next_after(latest) - latest
+        if now - latest >= period:
+            if self._advance_to(name, latest, period, "skip") == 1:
+                log.info("%s: skipped missed tick %s (more than one period old)", name, iso(latest))
+            return
+        self._reload(e, force=True)  # the version of the file at the tick, edits included
+        job = e.job
+        assert job is not None
+        batch_id = tick_batch_id(name, latest)
+        claimed = self._advance_to(name, latest, period, "enqueue", batch_id)
+        if claimed == -1:
+            log.warning("%s: lease lost before tick %s, standing by", name, iso(latest))
+            e.held = False
+            return
+        if claimed == 0:
+            log.info("%s: tick %s already enqueued by another scheduler", name, iso(latest))
+            return
+        self._enqueue_tick(e, job, name, latest, batch_id, late=now - latest)
+
+    def _enqueue_tick(
+        self, e: _Entry, job: Job, name: str, tick: datetime, batch_id: str, late: timedelta
+    ) -> None:
+        state = self._key(name)
+        enqueue = self.enqueue
+        if enqueue is None:
+            from runner.queue import enqueue_job
+
+            enqueue = enqueue_job
+        try:
+            batch_id = enqueue(job, redis=self.redis, output=None, now=tick, batch_id=batch_id)
+        except RunnerError as err:
+            self.redis.hset(state, mapping={"last_status": "error", "last_error": str(err)})
+            log.error("%s: tick %s not enqueued: %s", name, iso(tick), str(err).replace("\n", "; "))
+            return
+        when = iso(self.clock())
+        self.redis.hset(
+            state, mapping={"last_batch": batch_id, "last_status": "enqueued", "last_enqueued_at": when}
+        )
+        self.redis.set(self._key(name, f":tick:{iso(tick)}"), batch_id, keepttl=True, xx=True)
+        what = "missed tick" if late.total_seconds() > LATE_AFTER_S else "tick"
+        extra = f" (late by {_human(late)})" if what == "missed tick" else ""
+        log.info("%s: enqueued %s %s as batch %s%s", name, what, iso(tick), batch_id, extra)
+
+    def _log_skipped(self, name: str, cron: Cron, done: datetime, latest: datetime) -> None:
+        skipped: list[datetime] = []
+        t = cron.next_after(done)
+        while t < latest and len(skipped) < SKIPPED_COUNT_MAX:
+            skipped.append(t)
+            t = cron.next_after(t)
+        if not skipped:
+            return
+        if len(skipped) <= SKIPPED_LINES_MAX:
+            for t in skipped:
+                log.info("%s: skipped missed tick %s (more than one period old)", name, iso(t))
+        else:
+            more = "+" if len(skipped) == SKIPPED_COUNT_MAX else ""
+            log.info(
+                "%s: skipped %d%s missed ticks %s .. %s (more than one period old)",
+                name, len(skipped), more, iso(skipped[0]), iso(skipped[-1]),
+            )  # fmt: skip
+
+    # -- the loop --
+
+    def step(self) -> float:
+        """One pass: reload changed files, hold leases, enqueue due ticks; returns seconds to sleep."""
+        now = _aware(self.clock())
+        renew = self.lease_ttl_s / 3
+        wake = now + timedelta(seconds=renew)
+        for e in self._entries:
+            self._reload(e, force=False)
+        for e in self._entries:
+            name = e.name
+            if name is None:
+                self._release_lease(e)
+                continue
+            if not self._hold_lease(e, name):
+                continue
+            self._due(e, name, now)
+            assert e.cron is not None
+            self._register(e, name, now)
+            wake = min(wake, e.cron.next_after(now))
+        return max(0.0, (wake - _aware(self.clock())).total_seconds())
+
+    def run(self) -> None:
+        """Loop until `stop()`; leases are released on the way out."""
+        sleep = self.sleep or self._stop.wait
+        down = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    delay = self.step()
+                    if down:
+                        log.warning("Redis reachable again")
+                    down = False
+                except redis_lib.RedisError as err:
+                    if not down:
+                        log.error("Redis unreachable (%s), retrying", err)
+                    down = True
+                    for e in self._entries:
+                        e.held = False
+                    delay = self.lease_ttl_s / 3
+                if not self._stop.is_set():
+                    sleep(delay)
+        finally:
+            self.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _human(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def schedule_status(redis: redis_lib.Redis) -> list[dict[str, Any]]:
+    """The schedules known to this Redis: job, cron, next tick, last batch and its result.
+
+    One dict per job, sorted by name: `job`, `cron`, `source`, `next_tick`, `last_tick`,
+    `last_batch`, `last_status` (enqueuing | enqueued | error), `last_error`, `holder` (the
+    scheduler holding the lease, or None when none runs) and `result` (the last batch's counts per
+    state from the queue, or None).
+    """
+    rows: list[dict[str, Any]] = []
+    try:
+        names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in redis.smembers(SCHEDULES_KEY))
+        for name in names:
+            raw = redis.hgetall(f"{KEY_PREFIX}{name}")
+            h = {_s(k): _s(v) for k, v in raw.items()}
+            holder = redis.get(f"{KEY_PREFIX}{name}:lease")
+            rows.append(
+                {
+                    "job": name,
+                    "cron": h.get("cron"),
+                    "source": h.get("source"),
+                    "next_tick": h.get("next_tick"),
+                    "last_tick": h.get("last_tick"),
+                    "last_batch": h.get("last_batch") or None,
+                    "last_status": h.get("last_status"),
+                    "last_error": h.get("last_error") or None,
+                    "holder": _s(holder) if holder is not None else None,
+                    "result": _batch_result(redis, h.get("last_batch")),
+                }
+            )
+    except redis_lib.RedisError as err:
+        raise QueueError(f"Redis unreachable: {err}") from err
+    return rows
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _batch_result(redis: redis_lib.Redis, batch_id: str | None) -> dict[str, Any] | None:
+    """The last batch's state counts, as the queue reports them (None until the queue can say)."""
+    if not batch_id:
+        return None
+    try:
+        from runner import queue
+    except ImportError:
+        return None
+    status = getattr(queue, "batch_status", None)
+    if status is None:
+        return None
+    try:
+        result = status(batch_id, redis)
+    except RunnerError:
+        return None
+    return dict(result) if isinstance(result, dict) else {"status": str(result)}
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def serve(
+    paths: Sequence[str | Path], *, redis: redis_lib.Redis, lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+) -> None:
+    """`runner schedule`: run a Scheduler until SIGINT/SIGTERM, then release its leases and return."""
+    try:
+        redis.ping()
+    except redis_lib.RedisError as err:
+        raise QueueError(f"Redis unreachable: {err}") from err
+    scheduler = Scheduler(paths, redis, lease_ttl_s=lease_ttl_s)
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        scheduler.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        scheduler.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
