@@ -23,7 +23,9 @@ class Rule(BaseModel):
     then: str | None = Field(default=None, description="Reply once the tool output arrives (a template).")
     fail: bool = Field(default=False, description="Fail the run (server_error) instead of replying.")
     quota_exhausted: bool = Field(default=False, description="Answer 429 insufficient_quota.")
-    latency_s: float | None = Field(default=None, ge=0, description="How long matching runs stay in progress.")
+    latency_s: float | None = Field(
+        default=None, ge=0, description="How long matching runs stay in progress."
+    )
 
     @field_validator("when")
     @classmethod

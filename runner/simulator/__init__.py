@@ -1,0 +1,19 @@
+"""The built-in OpenAI-compatible simulator: a real HTTP server speaking the Assistants v2,
+Conversations + Responses and Chat Completions wire protocols, for tests, benchmarks, demos and
+user CI runs without tokens.
+
+    >>> from runner.simulator import SimulatorConfig, start_simulator
+    >>> with start_simulator(SimulatorConfig(latency_s=0.05)) as sim:   # doctest: +SKIP
+    ...     client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test")
+
+Modules: `config` (SimulatorConfig, --rules files), `rules` (the job file's `simulator:` block),
+`replies` (what the model says), `runs` (the Assistants run lifecycle), `assistants`,
+`responses`, `chat` (routes), `streaming` (run events), `http` (auth, limits, faults, errors,
+stats around every route), `ratelimits`, `faults`, `stats`, `pagination`, `app`, `server`.
+"""
+
+from runner.simulator.config import SimulatorConfig, load_rules
+from runner.simulator.rules import Rule, SimulatorRules
+from runner.simulator.server import RunningSimulator, start_simulator
+
+__all__ = ["Rule", "RunningSimulator", "SimulatorConfig", "SimulatorRules", "load_rules", "start_simulator"]

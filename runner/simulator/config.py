@@ -1,0 +1,121 @@
+"""How a simulator instance behaves: `SimulatorConfig`, its defaults, and loading `--rules FILE`.
+
+Every tunable of the simulator lives here as a named constant, so the CLI, the in-process API and
+the docs agree on one set of defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from runner.errors import UsageError
+from runner.simulator.rules import SimulatorRules
+
+DEFAULT_LATENCY_S = 0.2
+"""How long a run (or background response, chat completion) stays in progress by default."""
+
+LATENCY_JITTER = 0.2
+"""Each run lasts latency × U(1 - j, 1 + j) with this j: modest, seeded jitter."""
+
+DEFAULT_RUN_TTL_S = 600.0
+"""`expires_at = created_at + run_ttl_s`, like OpenAI's ten minutes (wire-protocol §5.3)."""
+
+REJECTED_KEYS: frozenset[str] = frozenset({"sk-invalid"})
+"""API keys always answered with 401 `invalid_api_key`, so tests can provoke auth errors."""
+
+NOMINAL_RPM = 30_000
+"""The request limit reported in `x-ratelimit-*` headers when no `rpm` is set (never enforced)."""
+
+NOMINAL_TPM = 150_000_000
+"""The token limit reported in `x-ratelimit-*` headers when no `tpm` is set (never enforced)."""
+
+KeyPredicate = Callable[[str], bool]
+
+
+def auto_poll_after_ms(latency_s: float) -> int:
+    """A poll interval that sees a typical run finish in about four polls, within [25, 1000] ms."""
+    return int(min(1000, max(25, math.ceil(latency_s * 1000 / 4))))
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Everything that shapes one simulator: timing, limits, faults, replies, auth.
+
+    >>> SimulatorConfig(latency_s=0.05, rpm=60, seed=7)  # doctest: +ELLIPSIS
+    SimulatorConfig(latency_s=0.05, rpm=60, ...)
+    """
+
+    latency_s: float = DEFAULT_LATENCY_S
+    rpm: int | None = None
+    tpm: int | None = None
+    fault_rate: float = 0.0
+    seed: int = 0
+    rules: SimulatorRules = field(default_factory=SimulatorRules)
+    quota_exhausted: bool = False
+    run_ttl_s: float = DEFAULT_RUN_TTL_S
+    poll_after_ms: int | None = None
+    verbose: bool = False
+    reject_keys: frozenset[str] | KeyPredicate = REJECTED_KEYS
+    jitter: float = LATENCY_JITTER
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.latency_s < 0:
+            problems.append("latency_s must be >= 0")
+        if self.rpm is not None and self.rpm < 1:
+            problems.append("rpm must be >= 1")
+        if self.tpm is not None and self.tpm < 1:
+            problems.append("tpm must be >= 1")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            problems.append("fault_rate must be between 0 and 1")
+        if self.run_ttl_s <= 0:
+            problems.append("run_ttl_s must be > 0")
+        if self.poll_after_ms is not None and self.poll_after_ms < 1:
+            problems.append("poll_after_ms must be >= 1")
+        if not 0.0 <= self.jitter < 1.0:
+            problems.append("jitter must be in [0, 1)")
+        if problems:
+            raise UsageError("invalid simulator configuration: " + "; ".join(problems))
+
+    @property
+    def effective_poll_after_ms(self) -> int:
+        return self.poll_after_ms if self.poll_after_ms is not None else auto_poll_after_ms(self.latency_s)
+
+    def is_rejected_key(self, key: str) -> bool:
+        if callable(self.reject_keys):
+            return bool(self.reject_keys(key))
+        return key in self.reject_keys
+
+
+def load_rules(path: str | Path) -> SimulatorRules:
+    """Rules from a YAML file: either a rules document (`rules:`, `default:`, `latency_s:`) or a job
+    file, whose `simulator:` block is used. Raises UsageError with the reason when unusable."""
+    p = Path(path)
+    try:
+        data: Any = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read rules: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise UsageError(f"{p}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{p}: rules must be a mapping")
+    if "simulator" in data:  # a job file: only its simulator block matters here
+        data = data["simulator"] or {}
+        if not isinstance(data, dict):
+            raise UsageError(f"{p}: simulator: must be a mapping")
+    try:
+        return SimulatorRules.model_validate(data)
+    except ValidationError as e:
+        where = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        )
+        raise UsageError(f"{p}: invalid rules: {where}") from e
