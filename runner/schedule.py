@@ -10,8 +10,9 @@
   script that checks the caller still holds the lease (a fence against a holder that stalled past
   its TTL), that the tick is after the watermark, and sets `runner:schedule:<job>:tick:<iso>` NX.
   Only then is the batch enqueued, with a batch id made from the job name and the tick time. So a
-  restart, a failover or a second scheduler never enqueues a tick again. A scheduler that dies between
-  the claim and the enqueue loses that one tick (at most once, never twice); the status shows it.
+  restart, a failover or a second scheduler never enqueues a tick again. If a scheduler dies between
+  the claim and the end of the enqueue, the next lease holder enqueues the tick again under the same
+  batch id, which `enqueue_job` turns into "fill in what is missing", never into a second batch.
 * **Missed ticks.** Ticks that came while no scheduler ran are handled when a scheduler starts (or
   takes a lease over): the latest one is enqueued once if it is less than one period old (its next
   tick has not come yet, which always holds for the latest tick of a regular cron), and every older
@@ -19,6 +20,8 @@
 * **Reload.** Files are re-read when they change and at every tick, so an edit is picked up without a
   restart; a file that no longer validates is reported (`PATH:LINE: where: what`) and its last valid
   version stays scheduled.
+* **Collection.** The lease holder writes each finished batch's JSONL (as `runner collect` would) to
+  the job's `output` rendered with the tick time, and keeps the result for `runner status`.
 
 Cron (`cron_problem`, `parse_cron`): five fields (minute resolution) or six with seconds first
 (`*/10 * * * * *`), `@daily`-style aliases, in UTC unless prefixed with `CRON_TZ=<IANA zone> ` (or
@@ -68,7 +71,6 @@ SKIPPED_COUNT_MAX = 10_000
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], None]
 Enqueue = Callable[..., str]
-Load = Callable[[str | Path], "Job"]
 
 
 def utc_now() -> datetime:
@@ -208,26 +210,21 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _problems_of(err: RunnerError, path: Path) -> list[str]:
-    if isinstance(err, JobFileError):
-        return [str(p) for p in err.problems]
-    return [f"{path}: {err}"]
-
-
 @dataclass
 class Scheduler:
     """Enqueues the ticks of job files with `schedule:`; see the module docstring for the rules.
 
     `run()` loops until `stop()`; `step()` is one pass (tests drive it with an injected clock).
+    With `collect`, the lease holder also writes each finished batch's JSONL (`runner collect`).
     """
 
     paths: Sequence[str | Path]
     redis: redis_lib.Redis
     enqueue: Enqueue | None = None  # default: runner.queue.enqueue_job
-    load: Load | None = None  # default: runner.jobfile.load_job
     clock: Clock = utc_now
     sleep: Sleep | None = None  # default: wait on the stop event, so a signal wakes us at once
     lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+    collect: bool = True
     holder: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     )
@@ -240,18 +237,13 @@ class Scheduler:
         self._advance = self.redis.register_script(_ADVANCE)
         self._load_all()
 
-    # -- set-up and files --
-
-    def _load_fn(self) -> Load:
-        if self.load is None:
-            from runner.jobfile import load_job
-
-            return load_job
-        return self.load
+    # -- files --
 
     def _read(self, e: _Entry) -> tuple[Job, Cron | None]:
-        """Load and parse one file; raises JobFileError (with the schedule problem located)."""
-        job = self._load_fn()(e.path)
+        """Load and parse one file; raises JobFileError (a bad schedule located like other problems)."""
+        from runner.jobfile import load_job
+
+        job = load_job(e.path)
         if job.schedule is None:
             return job, None
         problem = cron_problem(job.schedule)
@@ -282,56 +274,48 @@ class Scheduler:
         if dupes:
             raise UsageError(f"job name {dupes[0]!r} is scheduled by more than one file")
 
+    def _report(self, e: _Entry, lines: list[str]) -> None:
+        if "\n".join(lines) != e.reported:  # once per distinct problem, not once per pass
+            e.reported = "\n".join(lines)
+            for line in lines:
+                log.error("%s (keeping the last valid version)", line)
+
     def _reload(self, e: _Entry, *, force: bool) -> None:
-        """Pick up an edited file; a broken one keeps its last valid version (reported once)."""
+        """Pick up an edited file; a broken one keeps its last valid version scheduled."""
         stat = _stat(e.path)
         if not force and stat == e.stat:
             return
         e.stat = stat
         try:
             job, cron = self._read(e)
-        except RunnerError as err:
-            lines = _problems_of(err, e.path)
-            if "\n".join(lines) != e.reported:
-                e.reported = "\n".join(lines)
-                for line in lines:
-                    log.error("%s (keeping the last valid version)", line)
-            return
-        except OSError as err:
-            msg = f"{e.path}: cannot read: {err.strerror}"
-            if msg != e.reported:
-                e.reported = msg
-                log.error("%s (keeping the last valid version)", msg)
-            return
-        others = {o.name for o in self._entries if o is not e}
-        if cron is not None and job.name in others:
-            msg = f"{e.path}: job name {job.name!r} is scheduled by another file"
-            if msg != e.reported:
-                e.reported = msg
-                log.error("%s (keeping the last valid version)", msg)
-            return
+        except JobFileError as err:
+            return self._report(e, [str(p) for p in err.problems])
+        except (RunnerError, OSError) as err:
+            return self._report(e, [f"{e.path}: {getattr(err, 'strerror', None) or err}"])
+        if cron is not None and job.name in {o.name for o in self._entries if o is not e}:
+            return self._report(e, [f"{e.path}: job name {job.name!r} is scheduled by another file"])
         e.reported = None
-        changed = e.job is None or e.job.digest != job.digest or e.cron != cron
-        if changed and not force:
-            if cron is None:
-                log.warning("%s: no `schedule:` any more, not scheduled (until it has one)", e.path)
-            else:
-                log.info("%s: reloaded (%s: %s)", e.path, job.name, cron.text)
-        if e.name is not None and job.name != e.name and e.held:
+        assert e.job is not None
+        if e.job.digest == job.digest and e.cron == cron and e.job.name == job.name:
+            return
+        if cron is None:
+            log.warning("%s: no `schedule:` any more, not scheduled (until it has one)", e.path)
+        else:
+            log.info("%s: reloaded (%s: %s)", e.path, job.name, cron.text)
+        if e.name is not None and job.name != e.name:
             self._release_lease(e)
-        e.job, e.cron = job, cron
-        if changed:
-            e.next_written = None
+        e.job, e.cron, e.next_written = job, cron, None
 
     # -- leases --
 
     def _key(self, name: str, suffix: str = "") -> str:
         return f"{KEY_PREFIX}{name}{suffix}"
 
-    def _hold_lease(self, e: _Entry, name: str) -> bool:
+    def _hold_lease(self, e: _Entry, name: str) -> bool | None:
+        """True: we hold it (and held it before); None: we just took it; False: someone else has it."""
         ttl_ms = int(self.lease_ttl_s * 1000)
         status, holder = self._hold(keys=[self._key(name, ":lease")], args=[self.holder, ttl_ms])
-        holder = holder.decode() if isinstance(holder, bytes) else str(holder)
+        holder = _s(holder)
         if status == 0:
             if e.held:
                 log.warning("%s: lost the lease to %s, standing by", name, holder)
@@ -339,10 +323,11 @@ class Scheduler:
                 log.info("%s: standing by (lease held by %s)", name, holder)
             e.held, e.holder_seen = False, holder
             return False
-        if status == 2 or not e.held:
+        fresh = not e.held
+        if fresh:
             log.info("%s: holding the lease (%s)", name, self.holder)
         e.held, e.holder_seen = True, self.holder
-        return True
+        return None if fresh else True
 
     def _release_lease(self, e: _Entry) -> None:
         if e.name is not None and e.held:
@@ -363,115 +348,162 @@ class Scheduler:
     def _register(self, e: _Entry, name: str, now: datetime) -> None:
         assert e.cron is not None
         nxt = iso(e.cron.next_after(now))
-        if e.next_written == nxt:
-            return
-        pipe = self.redis.pipeline()
-        pipe.sadd(SCHEDULES_KEY, name)
-        pipe.hset(
-            self._key(name),
-            mapping={"job": name, "cron": e.cron.text, "source": str(e.path), "next_tick": nxt},
-        )
-        pipe.execute()
-        e.next_written = nxt
+        if e.next_written != nxt:
+            fields: dict[Any, Any] = {
+                "job": name,
+                "cron": e.cron.text,
+                "source": str(e.path),
+                "next_tick": nxt,
+            }
+            pipe = self.redis.pipeline()
+            pipe.sadd(SCHEDULES_KEY, name)
+            pipe.hset(self._key(name), mapping=fields)
+            pipe.execute()
+            e.next_written = nxt
 
     def _advance_to(self, name: str, tick: datetime, period: timedelta, mode: str, batch_id: str = "") -> int:
-        assert mode in ("enqueue", "skip")
         ttl_ms = int(min(max(CLAIM_TTL_MIN_S, 3 * period.total_seconds()), CLAIM_TTL_MAX_S) * 1000)
         keys = [self._key(name, ":lease"), self._key(name), self._key(name, f":tick:{iso(tick)}")]
         args: list[str | int] = [self.holder, int(tick.timestamp() * 1000), iso(tick), ttl_ms, mode, batch_id]
         return int(self._advance(keys=keys, args=args))
 
     def _due(self, e: _Entry, name: str, now: datetime) -> None:
-        """Enqueue the job's due tick (or skip the stale ones), as the lease holder."""
+        """As the lease holder: enqueue the job's due tick, skip the stale ones."""
         assert e.cron is not None
         state = self._key(name)
         done_ms = self.redis.hget(state, "handled_until_ms")
-        if done_ms is None:
-            # First scheduler ever for this job: nothing was missed, ticks count from now.
+        if done_ms is None:  # the first scheduler ever for this job: nothing was missed
             self.redis.hset(
                 state, mapping={"handled_until_ms": int(now.timestamp() * 1000), "handled_until": iso(now)}
             )
-            log.info(
-                "%s: scheduled '%s' from %s, next tick %s",
-                name,
-                e.cron.text,
-                iso(now),
-                iso(e.cron.next_after(now)),
-            )
+            nxt = iso(e.cron.next_after(now))
+            log.info("%s: scheduled '%s' from %s, next tick %s", name, e.cron.text, iso(now), nxt)
             return
         done = datetime.fromtimestamp(int(done_ms) / 1000, UTC)
         latest = e.cron.latest_at_or_before(now)
         if latest <= done:
             return
-        self._log_skipped(name, e.cron, done, latest)
+        skipped = self._between(e.cron, done, latest)
         period = e.cron.next_after(latest) - latest
-        if now - latest >= period:
+        if now - latest >= period:  # cannot happen with a regular cron; the rule holds anyway
             if self._advance_to(name, latest, period, "skip") == 1:
-                log.info("%s: skipped missed tick %s (more than one period old)", name, iso(latest))
+                self._log_skipped(name, [*skipped, latest])
             return
-        self._reload(e, force=True)  # the version of the file at the tick, edits included
-        job = e.job
-        assert job is not None
+        self._reload(e, force=True)  # the file as it is at the tick, edits and datasets included
         batch_id = tick_batch_id(name, latest)
         claimed = self._advance_to(name, latest, period, "enqueue", batch_id)
         if claimed == -1:
             log.warning("%s: lease lost before tick %s, standing by", name, iso(latest))
             e.held = False
-            return
-        if claimed == 0:
+        elif claimed == 0:
             log.info("%s: tick %s already enqueued by another scheduler", name, iso(latest))
-            return
-        self._enqueue_tick(e, job, name, latest, batch_id, late=now - latest)
+        else:
+            self._log_skipped(name, skipped)
+            self._enqueue_tick(e, name, latest, batch_id, late=now - latest)
 
-    def _enqueue_tick(
-        self, e: _Entry, job: Job, name: str, tick: datetime, batch_id: str, late: timedelta
-    ) -> None:
-        state = self._key(name)
+    def _resume(self, e: _Entry, name: str) -> None:
+        """On taking a lease: a tick claimed by a scheduler that died before its enqueue finished is
+        enqueued again under the same batch id (enqueue_job is idempotent for a given batch id)."""
+        status, tick, batch_id = (_s(v) if v is not None else None for v in self.redis.hmget(
+            self._key(name), "last_status", "last_tick", "last_batch"))  # fmt: skip
+        if status == "enqueuing" and tick and batch_id:
+            log.warning("%s: the enqueue of tick %s was interrupted, finishing it", name, tick)
+            when = datetime.strptime(tick, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            self._reload(e, force=True)
+            self._enqueue_tick(e, name, when, batch_id, late=timedelta(0))
+
+    def _enqueue_tick(self, e: _Entry, name: str, tick: datetime, batch_id: str, late: timedelta) -> None:
+        assert e.job is not None
         enqueue = self.enqueue
         if enqueue is None:
             from runner.queue import enqueue_job
 
             enqueue = enqueue_job
+        state = self._key(name)
         try:
-            batch_id = enqueue(job, redis=self.redis, output=None, now=tick, batch_id=batch_id)
-        except RunnerError as err:
+            batch_id = enqueue(e.job, redis=self.redis, output=None, now=tick, batch_id=batch_id)
+        except RunnerError as err:  # the tick is spent: the next one tries again
             self.redis.hset(state, mapping={"last_status": "error", "last_error": str(err)})
             log.error("%s: tick %s not enqueued: %s", name, iso(tick), str(err).replace("\n", "; "))
             return
-        when = iso(self.clock())
-        self.redis.hset(
-            state, mapping={"last_batch": batch_id, "last_status": "enqueued", "last_enqueued_at": when}
-        )
-        self.redis.set(self._key(name, f":tick:{iso(tick)}"), batch_id, keepttl=True, xx=True)
-        what = "missed tick" if late.total_seconds() > LATE_AFTER_S else "tick"
-        extra = f" (late by {_human(late)})" if what == "missed tick" else ""
-        log.info("%s: enqueued %s %s as batch %s%s", name, what, iso(tick), batch_id, extra)
+        done: dict[Any, Any] = {
+            "last_batch": batch_id,
+            "last_status": "enqueued",
+            "last_enqueued_at": iso(self.clock()),
+        }
+        pipe = self.redis.pipeline()
+        pipe.hset(state, mapping=done)
+        pipe.set(self._key(name, f":tick:{iso(tick)}"), batch_id, keepttl=True, xx=True)
+        if self.collect:
+            pipe.sadd(self._key(name, ":pending"), batch_id)
+        pipe.execute()
+        if late.total_seconds() > LATE_AFTER_S:
+            log.info(
+                "%s: enqueued missed tick %s as batch %s (late by %s)",
+                name,
+                iso(tick),
+                batch_id,
+                _human(late),
+            )
+        else:
+            log.info("%s: enqueued tick %s as batch %s", name, iso(tick), batch_id)
 
-    def _log_skipped(self, name: str, cron: Cron, done: datetime, latest: datetime) -> None:
-        skipped: list[datetime] = []
-        t = cron.next_after(done)
-        while t < latest and len(skipped) < SKIPPED_COUNT_MAX:
-            skipped.append(t)
+    def _between(self, cron: Cron, after: datetime, before: datetime) -> list[datetime]:
+        ticks: list[datetime] = []
+        t = cron.next_after(after)
+        while t < before and len(ticks) < SKIPPED_COUNT_MAX:
+            ticks.append(t)
             t = cron.next_after(t)
-        if not skipped:
-            return
+        return ticks
+
+    def _log_skipped(self, name: str, skipped: list[datetime]) -> None:
         if len(skipped) <= SKIPPED_LINES_MAX:
             for t in skipped:
                 log.info("%s: skipped missed tick %s (more than one period old)", name, iso(t))
         else:
-            more = "+" if len(skipped) == SKIPPED_COUNT_MAX else ""
+            more = "+" if len(skipped) >= SKIPPED_COUNT_MAX else ""
+            first, last = iso(skipped[0]), iso(skipped[-1])
             log.info(
                 "%s: skipped %d%s missed ticks %s .. %s (more than one period old)",
-                name, len(skipped), more, iso(skipped[0]), iso(skipped[-1]),
-            )  # fmt: skip
+                name,
+                len(skipped),
+                more,
+                first,
+                last,
+            )
+
+    def _collect_finished(self, name: str) -> None:
+        """Write the JSONL of every finished batch of the job (once: the lease holder does it)."""
+        from runner.batch import Batch
+        from runner.collector import collect
+
+        pending = self._key(name, ":pending")
+        for batch_id in sorted(_s(b) for b in self.redis.smembers(pending)):
+            info = Batch(self.redis, batch_id).info()
+            if info is not None and not info.finished and not info.aborted:
+                continue
+            self.redis.srem(pending, batch_id)
+            if info is None:
+                continue
+            c = info.counts
+            result = f"{c['passed']} passed, {c['failed']} failed, {c['errors']} errors"
+            result += f", {c['nochecks']} without checks" if c["nochecks"] else ""
+            result += f", aborted: {info.aborted}" if info.aborted else ""
+            try:
+                path = collect(batch_id, self.redis)
+            except (OSError, RunnerError) as err:
+                log.error("%s: batch %s finished (%s) but was not written: %s (run `runner collect %s`)",
+                          name, batch_id, result, err, batch_id)  # fmt: skip
+                continue
+            self.redis.hset(self._key(name), mapping={"last_result": result, "last_result_batch": batch_id})
+            log.info("%s: batch %s finished (%s), wrote %s", name, batch_id, result, path)
 
     # -- the loop --
 
     def step(self) -> float:
         """One pass: reload changed files, hold leases, enqueue due ticks; returns seconds to sleep."""
         now = _aware(self.clock())
-        renew = self.lease_ttl_s / 3
-        wake = now + timedelta(seconds=renew)
+        wake = now + timedelta(seconds=self.lease_ttl_s / 3)
         for e in self._entries:
             self._reload(e, force=False)
         for e in self._entries:
@@ -479,9 +511,14 @@ class Scheduler:
             if name is None:
                 self._release_lease(e)
                 continue
-            if not self._hold_lease(e, name):
+            held = self._hold_lease(e, name)
+            if held is False:
                 continue
+            if held is None:
+                self._resume(e, name)
             self._due(e, name, now)
+            if self.collect:
+                self._collect_finished(name)
             assert e.cron is not None
             self._register(e, name, now)
             wake = min(wake, e.cron.next_after(now))
@@ -569,35 +606,29 @@ def _s(v: Any) -> str:
 
 
 def _batch_result(redis: redis_lib.Redis, batch_id: str | None) -> dict[str, Any] | None:
-    """The last batch's state counts, as the queue reports them (None until the queue can say)."""
+    """The last batch's figures from the queue (None once the batch expired)."""
+    from runner.queue import batch_status
+
     if not batch_id:
         return None
     try:
-        from runner import queue
-    except ImportError:
+        return batch_status(batch_id, redis)
+    except QueueError:
         return None
-    status = getattr(queue, "batch_status", None)
-    if status is None:
-        return None
-    try:
-        result = status(batch_id, redis)
-    except RunnerError:
-        return None
-    return dict(result) if isinstance(result, dict) else {"status": str(result)}
 
 
 # --- the command ----------------------------------------------------------------------------------
 
 
 def serve(
-    paths: Sequence[str | Path], *, redis: redis_lib.Redis, lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+    paths: Sequence[str | Path],
+    *,
+    redis: redis_lib.Redis,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+    collect: bool = True,
 ) -> None:
     """`runner schedule`: run a Scheduler until SIGINT/SIGTERM, then release its leases and return."""
-    try:
-        redis.ping()
-    except redis_lib.RedisError as err:
-        raise QueueError(f"Redis unreachable: {err}") from err
-    scheduler = Scheduler(paths, redis, lease_ttl_s=lease_ttl_s)
+    scheduler = Scheduler(paths, redis, lease_ttl_s=lease_ttl_s, collect=collect)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("stopping (%s)", signal.Signals(signum).name)

@@ -7,6 +7,7 @@ import logging
 import click
 
 from runner.cli import main, redis_option
+from runner.errors import UsageError
 
 
 @main.command()
@@ -19,32 +20,36 @@ from runner.cli import main, redis_option
     show_default=True,
     help="Seconds a dead scheduler keeps its lease; a standby takes over after it.",
 )
-def schedule(job_files: tuple[str, ...], redis_url: str | None, lease_ttl: float) -> None:
-    """Enqueue a batch of every job file that has `schedule:` at each of its cron ticks, until stopped.
+@click.option(
+    "--collect/--no-collect",
+    default=True,
+    show_default=True,
+    help="Write each finished batch's JSONL here (to the job's `output`, rendered with the tick time).",
+)
+def schedule(job_files: tuple[str, ...], redis_url: str | None, lease_ttl: float, collect: bool) -> None:
+    """Enqueue a batch of every job file with `schedule:` at each of its cron ticks, until stopped.
 
     Run it on two machines for availability: one holds a lease per job and enqueues its ticks, the
     other stands by and takes over when the first dies; each tick is enqueued once. `runner worker`
-    processes the batches; `runner status` shows the schedules. Files are re-read when they change.
+    processes the batches, the scheduler writes their JSONL, `runner status` shows the schedules.
+    Edits to the files are picked up at the next tick.
 
     \b
     Cron (UTC unless prefixed with CRON_TZ=<zone>):
-      schedule: "0 6 * * *"                       # 06:00 UTC every day
-      schedule: "CRON_TZ=Europe/Paris 0 6 * * 1-5" # 06:00 Paris time on weekdays
-      schedule: "*/30 * * * * *"                   # every 30 seconds (6 fields: seconds first)
+      schedule: "0 6 * * *"                        # 06:00 UTC every day
+      schedule: "CRON_TZ=Europe/Paris 0 6 * * 1-5"  # 06:00 Paris time on weekdays
+      schedule: "*/30 * * * * *"                    # every 30 s (6 fields: seconds first)
     \b
     Example:
       runner schedule jobs/*.yaml --redis-url "$REDIS_URL"
     """
+    from runner.redis_server import connect
     from runner.schedule import serve
 
-    # One line per tick enqueued or skipped is the scheduler's output, whatever -v says.
+    if not redis_url:
+        raise UsageError("runner schedule needs the Redis its workers use: give --redis-url or set REDIS_URL")
+    # Its log lines (one per tick enqueued or skipped) are the scheduler's output, whatever -v says.
     logger = logging.getLogger("runner.schedule")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    serve(job_files, redis=_connect(redis_url), lease_ttl_s=lease_ttl)
-
-
-def _connect(redis_url: str | None):  # type: ignore[no-untyped-def]
-    import redis
-
-    return redis.Redis.from_url(redis_url or "redis://localhost:6379/0")
+    serve(job_files, redis=connect(redis_url), lease_ttl_s=lease_ttl, collect=collect)
