@@ -122,8 +122,12 @@ def _read_price_file(path: Path) -> dict[str, Price]:
         raise UsageError(f"{path}: cannot read price file: {e.strerror or e}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise UsageError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
     if data is None:
         data = {}  # an empty file overrides nothing
     if isinstance(data, dict) and set(data) == {"models"}:

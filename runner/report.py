@@ -239,14 +239,22 @@ def failure_line(f: CheckFailure) -> str:
     return f"turn {f.turn + 1}: {check} failed{detail}; assistant said: {json.dumps(clip(f.assistant))}"
 
 
+_TURN_PREFIX = re.compile(r"^turn (\d+): ")
+
+
 def error_line(record: Record) -> str:
     """Why a conversation did not complete, naming the turn where it stopped when known."""
+    message = record["error"] or "no error message recorded"
     where = ""
     for t in record["turns"]:
         if t.get("error") or (t.get("run_status") not in (None, "completed")):
             where = f"turn {t['index'] + 1}: "
             break
-    return f"{where}{record['status']}: {clip(record['error'] or 'no error message recorded', 300)}"
+    # The engine prefixes the 0-based turn index ("turn 0: ..."); reports count turns from 1.
+    m = _TURN_PREFIX.match(message)
+    if m:
+        where, message = f"turn {int(m.group(1)) + 1}: ", message[m.end() :]
+    return f"{where}{record['status']}: {clip(message, 300)}"
 
 
 def problems(record: Record) -> list[str]:
