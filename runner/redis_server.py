@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import IO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -320,3 +322,32 @@ class RedisServer:
 
 def new_password() -> str:
     return secrets.token_urlsafe(24)
+
+
+@contextlib.contextmanager
+def embedded_redis(home: Path | None = None) -> Iterator[RedisServer]:
+    """The private Redis of `runner run` with no REDIS_URL: `<RUNNER_HOME>/redis`, append-only so an
+    interrupted run can resume. If another run holds it, a throwaway one (no resume) instead."""
+    home = home if home is not None else runner_home()
+    data = home / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    held: IO[str] = open(data / "lock", "a+")  # noqa: SIM115  (held for the server's lifetime)
+    lock: IO[str] | None = held
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.close()
+        lock = None
+        data = Path(tempfile.mkdtemp(prefix="redis-", dir=home))
+    server = RedisServer(data, appendonly=lock is not None)
+    if not server.unix_socket:
+        server.password = new_password()  # on a loopback port other local users could reach it
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        if lock is None:
+            shutil.rmtree(data, ignore_errors=True)
+        else:
+            lock.close()
