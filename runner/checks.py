@@ -14,10 +14,10 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import jsonschema
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from runner.tasks import CheckSpec
 from runner.transcripts import CheckResult, TurnRecord
@@ -108,10 +108,8 @@ def _not_regex(turn: TurnRecord, value: str) -> Verdict:
     found = _compiled(value).search(_reply(turn))
     if found is None:
         return True, None
-    return (
-        False,
-        f"expected the reply not to match /{value}/; it matched {_show(found.group(0))} in {_show(_reply(turn))}",
-    )
+    seen = f"it matched {_show(found.group(0))} in {_show(_reply(turn))}"
+    return False, f"expected the reply not to match /{value}/; {seen}"
 
 
 def _parse_json(turn: TurnRecord) -> tuple[Any, str | None]:
@@ -285,6 +283,63 @@ def check_value_problem(type_: str, value: Any) -> str | None:
         at = "/".join(str(p) for p in e.absolute_path)
         return f"invalid JSON Schema{f' at {at}' if at else ''}: {e.message[:200]}"
     return None
+
+
+class _CheckBase(BaseModel):
+    """One `expect:` item of a job file: exactly one `type: value` pair."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        coerce_numbers_to_str=True,
+        json_schema_extra={"minProperties": 1, "maxProperties": 1},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) != 1 and all(k in CHECK_TYPES for k in data):
+            if not data:
+                raise ValueError(f"empty check; give one of: {', '.join(CHECK_TYPES)}")
+            raise ValueError(
+                f"one check per item, got {', '.join(data)}; write each as its own `- type: value`"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _value(self) -> _CheckBase:
+        spec = self.spec()
+        problem = (
+            f"{spec.type} needs a value" if spec.value is None else check_value_problem(spec.type, spec.value)
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def spec(self) -> CheckSpec:
+        (type_,) = self.model_fields_set
+        return CheckSpec.model_construct(type=type_, value=getattr(self, type_))
+
+
+def _no_null(schema: dict[str, Any]) -> None:
+    """A check's value is never null and has no default (the key is the check)."""
+    schema.pop("default", None)
+    options = [o for o in schema.pop("anyOf", []) if o != {"type": "null"}]
+    schema.update(options[0] if options else {})
+
+
+if TYPE_CHECKING:
+    Check = _CheckBase
+else:
+    Check = create_model(
+        "Check",
+        __base__=_CheckBase,
+        __doc__="One check on the assistant's reply to this turn: exactly one `type: value` pair.",
+        **{
+            name: (t.annotation | None, Field(None, description=t.description, json_schema_extra=_no_null))
+            for name, t in CHECK_TYPES.items()
+        },
+    )
 
 
 def evaluate_turn(turn: TurnRecord, expect: Sequence[CheckSpec]) -> list[CheckResult]:

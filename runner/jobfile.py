@@ -1,20 +1,20 @@
 """Job files (version 1): the pydantic models, validation with line numbers, and expansion into tasks.
 
-`load_job(path)` reads a job file (via `runner.yamlload`), validates it completely, loads its
-datasets and expands it once, so every problem of the file (and of its datasets) is reported
-together as one `JobFileError`, each `PATH:LINE: where.in.file: what is wrong`. `expand(job)`
-then returns the `ConversationTask`s: one per conversation × dataset row × matrix combination ×
-repeat, with stable ids like `refund-bot/refund-basic#model=gpt-4o-mini#r0`.
+`load_job(path)` reads a job file (via `runner.yamlload`), validates it, loads its datasets and
+expands it once, so every problem of the file and of its datasets is reported together in one
+`JobFileError`, each as `PATH:LINE: where.in.file: what is wrong`. `expand(job)` then gives the
+`ConversationTask`s: conversation × dataset row × matrix combination (sorted keys) × repeat, in
+file order, with stable ids like `refund-bot/refund-basic#model=gpt-4o-mini#r0`.
 
 Decisions beyond the contract:
 - `{{var}}` values come from the conversation's `vars`, then its dataset row, then matrix keys
   other than `model`/`api`/`temperature` (later ones win). Only user turns and check values are
-  rendered, never instructions.
-- A `tool_outputs` key that names no function tool of the conversation's assistant is an error
-  (a typo would leave the run waiting for an output); skipped when the assistant has an `id` and
-  lists no tools, since its tools live on the server.
-- An assistant with `id` may still carry instructions/tools/temperature: the responses and chat
-  backends need them. With `api: assistants` they are unused, which is reported as a warning.
+  rendered (strings, also inside mappings/lists), never instructions.
+- A `tool_outputs` key naming no function tool of the conversation's assistant is an error (a
+  typo would leave the run without an output); not checked for an assistant with `id` and no
+  `tools`, whose tools live on the server.
+- An assistant with `id` may carry instructions/temperature too: the responses and chat APIs need
+  them. With `api: assistants` only they go unused, which is a warning, not an error.
 """
 
 from __future__ import annotations
@@ -28,15 +28,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jsonschema
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
-from pydantic import model_validator as _model_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from runner.checks import CHECK_TYPES, check_value_problem
+from runner.checks import CHECK_TYPES, Check, check_value_problem
 from runner.errors import JobFileError, Problem
 from runner.simulator.rules import SimulatorRules
 from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, Limits, TurnSpec
@@ -64,6 +70,8 @@ DEFAULT_OUTPUT = "runs/{name}/{batch}.jsonl"
 MATRIX_KEYS = ("model", "api", "temperature")
 """Matrix keys with a meaning of their own; any other matrix key is a variable."""
 
+Loc = tuple[str | int, ...]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,18 +81,17 @@ class FunctionDef(_Model):
     """An OpenAI function tool's `function:` part."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Function name (letters, digits, _ -).")
-    description: str | None = Field(default=None, description="What the function does, for the model.")
-    parameters: dict[str, Any] | None = Field(default=None, description="JSON Schema of the arguments.")
-    strict: bool | None = Field(default=None, description="Ask for strict schema adherence.")
+    description: str | None = Field(None, description="What the function does, for the model.")
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments.")
+    strict: bool | None = Field(None, description="Ask for strict schema adherence.")
 
     @field_validator("parameters")
     @classmethod
     def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            try:
-                jsonschema.validators.validator_for(v).check_schema(v)
-            except jsonschema.exceptions.SchemaError as e:
-                raise ValueError(f"invalid JSON Schema: {e.message[:200]}") from None
+        try:
+            v is None or jsonschema.validators.validator_for(v).check_schema(v)
+        except jsonschema.exceptions.SchemaError as e:
+            raise ValueError(f"invalid JSON Schema: {e.message[:200]}") from None
         return v
 
 
@@ -92,9 +99,9 @@ class Tool(_Model):
     """A tool in the OpenAI shape: `{type: function, function: {name, parameters}}`."""
 
     type: Literal["function", "code_interpreter", "file_search"] = Field(description="Tool type.")
-    function: FunctionDef | None = Field(default=None, description="Required when type is function.")
+    function: FunctionDef | None = Field(None, description="Required when type is function.")
 
-    @_model_validator(mode="after")
+    @model_validator(mode="after")
     def _function_iff(self) -> Tool:
         if (self.type == "function") != (self.function is not None):
             raise ValueError("a function tool needs `function:`; other tool types take none")
@@ -104,72 +111,12 @@ class Tool(_Model):
 class Assistant(_Model):
     """An assistant the conversations talk to."""
 
-    name: str | None = Field(default=None, description="Display name (default: the key).")
-    id: str | None = Field(
-        default=None, description="Use this existing assistant; do not create or update it."
-    )
-    instructions: str | None = Field(default=None, description="System instructions.")
-    model: str | None = Field(default=None, min_length=1, description="Model (default: the job's `model`).")
-    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature, 0-2.")
-    tools: tuple[Tool, ...] = Field(default=(), description="Tools, OpenAI function-tool shape.")
-
-
-class _CheckBase(_Model):
-    """One `expect:` item: exactly one `type: value` pair."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        coerce_numbers_to_str=True,
-        json_schema_extra={"minProperties": 1, "maxProperties": 1},
-    )
-
-    @_model_validator(mode="before")
-    @classmethod
-    def _one(cls, data: Any) -> Any:
-        if isinstance(data, dict) and len(data) != 1 and all(k in CHECK_TYPES for k in data):
-            if not data:
-                raise ValueError(f"empty check; give one of: {', '.join(CHECK_TYPES)}")
-            raise ValueError(
-                f"one check per item, got {', '.join(data)}; write each as its own `- type: value`"
-            )
-        return data
-
-    @_model_validator(mode="after")
-    def _value(self) -> _CheckBase:
-        (type_,) = self.model_fields_set
-        value = getattr(self, type_)
-        if value is None:
-            raise ValueError(f"{type_} needs a value")
-        problem = check_value_problem(type_, value)
-        if problem:
-            raise ValueError(problem)
-        return self
-
-    def spec(self) -> CheckSpec:
-        (type_,) = self.model_fields_set
-        return CheckSpec.model_construct(type=type_, value=getattr(self, type_))
-
-
-def _no_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)  # a check's value has no default: the key is the check
-
-
-if TYPE_CHECKING:
-    Check = _CheckBase
-else:
-    Check = create_model(
-        "Check",
-        __base__=_CheckBase,
-        __doc__="One check on the assistant's reply to this turn: exactly one `type: value` pair.",
-        **{
-            name: (
-                t.annotation | SkipJsonSchema[None],
-                Field(default=None, description=t.description, json_schema_extra=_no_default),
-            )
-            for name, t in CHECK_TYPES.items()
-        },
-    )
+    name: str | None = Field(None, description="Display name (default: the key).")
+    id: str | None = Field(None, description="Use this existing assistant; never create or update it.")
+    instructions: str | None = Field(None, description="System instructions.")
+    model: str | None = Field(None, min_length=1, description="Model (default: the job's `model`).")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature, 0-2.")
+    tools: tuple[Tool, ...] = Field((), description="Tools, OpenAI function-tool shape.")
 
 
 class Turn(_Model):
@@ -178,28 +125,25 @@ class Turn(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     user: str = Field(min_length=1, description="The user's message; `{{var}}` is replaced.")
-    expect: tuple[Check, ...] = Field(default=(), description="Checks on the reply (`{{var}}` is replaced).")
+    expect: tuple[Check, ...] = Field((), description="Checks on the reply; `{{var}}` is replaced.")
 
 
 class Conversation(_Model):
     """A script of user turns sent to one assistant."""
 
-    id: str = Field(description="Unique in the file; part of the stable conversation id (no `#` or `/`).")
-    assistant: str | None = Field(default=None, description="Key under `assistants` (optional if only one).")
+    id: str = Field(description="Unique in the file; part of the conversation id (no `#` or `/`).")
+    assistant: str | None = Field(None, description="Key under `assistants` (optional if only one).")
     vars: dict[str, Any] = Field(
         default_factory=dict, description="Values for `{{var}}` in turns and checks."
     )
     dataset: str | None = Field(
-        default=None,
-        description="A .jsonl, .csv or .yaml file (relative to this file): one conversation per row; a row's keys "
-        "are vars, its `id` (or row number) extends the conversation id.",
+        None,
+        description="A .jsonl, .csv or .yaml file (relative to this file), one conversation per row; a row's "
+        "keys are vars, its `id` (or row number) extends the conversation id.",
     )
     tool_outputs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Canned outputs of function tools, by function name (a string, or a mapping/list sent as JSON).",
-        json_schema_extra={
-            "additionalProperties": {"type": ["string", "number", "boolean", "object", "array"]}
-        },
+        description="Canned outputs of function tools by function name: a string, or data sent as JSON.",
     )
     turns: tuple[Turn, ...] = Field(min_length=1, description="The user turns, in order.")
 
@@ -213,55 +157,33 @@ class Conversation(_Model):
         return v
 
 
-_LIMIT_DEFAULTS = {name: f.default for name, f in Limits.model_fields.items()}
+_LIMITS = {name: f.default for name, f in Limits.model_fields.items()}
 
 
 class JobLimits(Limits):
     """The job's `limits:` (a `runner.tasks.Limits`), shared by every worker on the same Redis."""
 
-    requests_per_minute: int | None = Field(
-        default=None, gt=0, description="Requests per minute (none: no limit)."
-    )
-    tokens_per_minute: int | None = Field(
-        default=None, gt=0, description="Tokens per minute (none: no limit)."
-    )
-    concurrency: int = Field(
-        default=_LIMIT_DEFAULTS["concurrency"], gt=0, description="Conversations in flight."
-    )
-    run_timeout_s: float = Field(
-        default=_LIMIT_DEFAULTS["run_timeout_s"],
-        gt=0,
-        description="A run active longer is cancelled and recorded.",
-    )
+    requests_per_minute: int | None = Field(None, gt=0, description="Requests per minute (none: no limit).")
+    tokens_per_minute: int | None = Field(None, gt=0, description="Tokens per minute (none: no limit).")
+    concurrency: int = Field(_LIMITS["concurrency"], gt=0, description="Conversations of this job in flight.")
+    run_timeout_s: float = Field(_LIMITS["run_timeout_s"], gt=0, description="A longer run is cancelled.")
     max_attempts: int = Field(
-        default=_LIMIT_DEFAULTS["max_attempts"], gt=0, description="Tries per API call."
+        _LIMITS["max_attempts"], gt=0, description="Tries per API call (retryable errors)."
     )
 
 
-_SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+def _values(items: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": 1, "description": description}
+
+
 _MATRIX_SCHEMA: dict[str, Any] = {
     "properties": {
-        "model": {
-            "type": "array",
-            "items": {"type": "string"},
-            "minItems": 1,
-            "description": "Models to run.",
-        },
-        "api": {
-            "type": "array",
-            "items": {"enum": [a.value for a in Api]},
-            "minItems": 1,
-            "description": "APIs.",
-        },
-        "temperature": {
-            "type": "array",
-            "items": {"type": "number", "minimum": 0, "maximum": 2},
-            "minItems": 1,
-            "description": "Temperatures (override the assistants').",
-        },
+        "model": _values({"type": "string"}, "Models to run."),
+        "api": _values({"enum": [a.value for a in Api]}, "APIs to run on."),
+        "temperature": _values({"type": "number", "minimum": 0, "maximum": 2}, "Temperatures (override)."),
     },
     "propertyNames": {"pattern": VAR_PATTERN},
-    "additionalProperties": {"type": "array", "items": _SCALAR_SCHEMA, "minItems": 1},
+    "additionalProperties": _values({"type": ["string", "number", "boolean"]}, "Values of a variable."),
 }
 
 
@@ -275,37 +197,31 @@ class Job(_Model):
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
-    version: Literal[1] | None = Field(default=None, description="Job file format version (only 1).")
+    version: Literal[1] | None = Field(None, description="Job file format version (only 1).")
     name: str = Field(
         description="Job name: letters, digits, . _ -", json_schema_extra={"pattern": NAME_PATTERN}
     )
-    description: str | None = Field(default=None, description="Free text about the job.")
-    api: Api = Field(default=Api.ASSISTANTS, description="Wire protocol: assistants, responses or chat.")
-    model: str | None = Field(
-        default=None, min_length=1, description="Default model for assistants naming none."
-    )
+    description: str | None = Field(None, description="Free text about the job.")
+    api: Api = Field(Api.ASSISTANTS, description="Wire protocol: assistants, responses or chat.")
+    model: str | None = Field(None, min_length=1, description="Default model for assistants naming none.")
     assistants: dict[str, Assistant] = Field(min_length=1, description="The assistants, by key.")
     conversations: tuple[Conversation, ...] = Field(min_length=1, description="Scripts of user turns.")
     matrix: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Run every conversation once per combination. Keys: `model`, `api`, `temperature`, or any "
-        "variable name (its values then fill `{{name}}` like a var).",
+        description="Run every conversation once per combination. Keys: `model`, `api`, `temperature`, or "
+        "any variable name (its values then fill `{{name}}` like a var).",
         json_schema_extra=_MATRIX_SCHEMA,
     )
-    repeat: int = Field(
-        default=1, ge=1, le=10_000, description="Runs of every conversation (flakiness, pass@k)."
-    )
+    repeat: int = Field(1, ge=1, le=10_000, description="Runs of every conversation (flakiness, pass@k).")
     limits: JobLimits = Field(default_factory=JobLimits, description="Rate limits and timeouts.")
-    output: str = Field(
-        default=DEFAULT_OUTPUT, description="JSONL path template; placeholders {name} {batch} {date} {time}."
-    )
-    schedule: str | None = Field(default=None, description="Cron expression, used by `runner schedule`.")
-    simulator: SimulatorRules | None = Field(default=None, description="How the built-in simulator answers.")
+    output: str = Field(DEFAULT_OUTPUT, description="JSONL path; placeholders {name} {batch} {date} {time}.")
+    schedule: str | None = Field(None, description="Cron expression, used by `runner schedule`.")
+    simulator: SimulatorRules | None = Field(None, description="How the built-in simulator answers.")
 
     _source: Path = PrivateAttr(default_factory=Path)
-    _digest: str = PrivateAttr(default="")
-    _datasets: dict[int, tuple[str, list[Row]]] | None = PrivateAttr(default=None)
-    _tasks: list[ConversationTask] | None = PrivateAttr(default=None)
+    _digest: str = PrivateAttr("")
+    _datasets: dict[int, tuple[str, list[Row]]] | None = PrivateAttr(None)
+    _tasks: list[ConversationTask] | None = PrivateAttr(None)
     _warnings: list[Problem] = PrivateAttr(default_factory=list)
 
     @field_validator("name")
@@ -326,11 +242,10 @@ class Job(_Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                croniter(v)
-            except (ValueError, KeyError) as e:
-                raise ValueError(f"invalid cron expression {v!r}: {e}") from None
+        try:
+            v is None or croniter(v)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"invalid cron expression {v!r}: {e}") from None
         return v
 
     @property
@@ -345,39 +260,35 @@ class Job(_Model):
 
     @property
     def warnings(self) -> list[Problem]:
-        """Things that are allowed but probably not meant (printed by `runner validate`)."""
+        """Allowed but probably not meant (`runner validate` prints them)."""
         return list(self._warnings)
 
 
 def output_problem(template: str) -> str | None:
     """Why `template` is not a valid `output`, or None."""
+    allowed = "allowed: " + " ".join(f"{{{p}}}" for p in OUTPUT_PLACEHOLDERS)
     try:
         fields = list(string.Formatter().parse(template))
     except ValueError as e:
         return f"invalid output template {template!r}: {e} (write {{{{ or }}}} for a literal brace)"
-    allowed = " ".join(f"{{{p}}}" for p in OUTPUT_PLACEHOLDERS)
     for _, name, spec, conversion in fields:
-        if name is None:
-            continue
-        if name not in OUTPUT_PLACEHOLDERS:
-            return f"unknown placeholder {{{name}}} in output{suggest(name, OUTPUT_PLACEHOLDERS)}; allowed: {allowed}"
+        if name is not None and name not in OUTPUT_PLACEHOLDERS:
+            return f"unknown placeholder {{{name}}} in output{suggest(name, OUTPUT_PLACEHOLDERS)}; {allowed}"
         if spec or conversion:
-            return f"placeholder {{{name}}} takes no format spec or conversion; allowed: {allowed}"
+            return f"placeholder {{{name}}} takes no format spec or conversion; {allowed}"
     return None
 
 
 def render_output(template: str, *, name: str, batch: str, now: datetime) -> Path:
-    """The output path: {date} is YYYY-MM-DD and {time} HHMMSS, in UTC (naive `now` counts as UTC)."""
+    """The output path: {date} is YYYY-MM-DD and {time} HHMMSS, in UTC (a naive `now` is UTC)."""
     utc = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    return Path(
-        template.format(name=name, batch=batch, date=utc.strftime("%Y-%m-%d"), time=utc.strftime("%H%M%S"))
-    )
+    date, time = utc.strftime("%Y-%m-%d"), utc.strftime("%H%M%S")
+    return Path(template.format(name=name, batch=batch, date=date, time=time))
 
 
 def load_job(path: str | Path) -> Job:
     """Read, validate and expand a job file; raises JobFileError holding every problem found."""
-    source = Path(path)
-    shown = str(path)
+    source, shown = Path(path), str(path)
     try:
         raw = read_bytes(source, shown, MAX_YAML_BYTES, "job file")
         data, loc = load_yaml(decode(raw, shown), shown)
@@ -391,28 +302,22 @@ def load_job(path: str | Path) -> Job:
         job = Job.model_validate(data)
     except ValidationError as e:
         problems += problems_from(e, Job, loc, unknown_key=_unknown_key)
-    parts = _Parts.of(job) if job is not None else _Parts.partial(data)
-    checker = _Checker(parts, loc, source.parent)
-    checker.check()
-    tasks = _Expansion(parts, checker).run()
+    checker = _Checker(_Parts.of(job, data), loc, source.parent)
+    tasks = checker.run()
     problems += checker.problems
     if problems:
         raise JobFileError(sorted(problems, key=lambda p: (p.path != shown, p.path, p.line or 0)))
     assert job is not None
-    job._source = source
-    job._digest = checker.digest(raw)
-    job._datasets = checker.datasets
-    job._tasks = tasks
-    job._warnings = checker.warnings
+    job._source, job._digest, job._tasks = source, checker.digest(raw), tasks
+    job._datasets, job._warnings = checker.datasets, checker.warnings
     return job
 
 
 def expand(job: Job) -> list[ConversationTask]:
     """The job's tasks: conversation × dataset row × matrix combination (sorted keys) × repeat."""
-    if job._tasks is None:
-        checker = _Checker(_Parts.of(job), Locator(str(job.source)), job.source.parent, job._datasets)
-        checker.check()
-        tasks = _Expansion(_Parts.of(job), checker).run()
+    if job._tasks is None:  # a Job built in Python rather than by load_job
+        checker = _Checker(_Parts.of(job, {}), Locator(str(job.source)), job.source.parent, job._datasets)
+        tasks = checker.run()
         if checker.problems:
             raise JobFileError(checker.problems)
         job._tasks, job._datasets = tasks, checker.datasets
@@ -421,8 +326,11 @@ def expand(job: Job) -> list[ConversationTask]:
 
 def assistant_specs(job: Job) -> list[AssistantSpec]:
     """The distinct assistants the tasks use (a matrix over model/temperature gives several)."""
-    specs = {(t.assistant.key, t.assistant.model, t.assistant.temperature): t.assistant for t in expand(job)}
-    return list(specs.values())
+    return list(
+        {
+            (t.assistant.key, t.assistant.model, t.assistant.temperature): t.assistant for t in expand(job)
+        }.values()
+    )
 
 
 def job_schema() -> dict[str, Any]:
@@ -437,12 +345,12 @@ def _unknown_key(at: Sequence[str | int], key: str, valid: list[str]) -> str | N
     return None
 
 
-# --- semantic checks ------------------------------------------------------------------------------
+# --- checks across keys ------------------------------------------------------------------------------
 
 
 @dataclass
 class _Parts:
-    """What validated of a job (all of it, or the pieces that did), for checks across keys."""
+    """What validated of a job: all of it, or (when it did not) the pieces that did on their own."""
 
     name: str
     api: Api
@@ -451,26 +359,18 @@ class _Parts:
     assistants: dict[str, Assistant]
     conversations: list[tuple[int, Conversation]]
     matrix: dict[str, list[Any]]
-    repeat: int
-    limits: Limits
-    complete: bool = True
+    repeat: int = 1
+    limits: Limits = field(default_factory=Limits)
+    complete: bool = True  # False: the matrix is unknown, so undefined vars cannot be told
+    broken_datasets: list[tuple[int, str]] = field(default_factory=list)  # of invalid conversations
 
     @classmethod
-    def of(cls, job: Job) -> _Parts:
-        return cls(
-            job.name,
-            job.api,
-            job.model,
-            list(job.assistants),
-            dict(job.assistants),
-            list(enumerate(job.conversations)),
-            job.matrix,
-            job.repeat,
-            job.limits,
-        )
+    def of(cls, job: Job | None, data: dict[str, Any]) -> _Parts:
+        if job is not None:
+            limits, convs = Limits(**job.limits.model_dump()), list(enumerate(job.conversations))
+            a = job.assistants
+            return cls(job.name, job.api, job.model, list(a), dict(a), convs, job.matrix, job.repeat, limits)
 
-    @classmethod
-    def partial(cls, data: dict[str, Any]) -> _Parts:
         def valid(model: type[BaseModel], value: Any) -> Any:
             try:
                 return model.model_validate(value)
@@ -483,61 +383,105 @@ class _Parts:
         raw_convs: list[Any] = data["conversations"] if isinstance(data.get("conversations"), list) else []
         matrix: Any = data.get("matrix")
         matrix_ok = isinstance(matrix, dict) and all(isinstance(v, list) for v in matrix.values())
-        assistants = {k: a for k, v in raw_assistants.items() if (a := valid(Assistant, v)) is not None}
+        convs = [(i, valid(Conversation, v)) for i, v in enumerate(raw_convs)]
         return cls(
             name=str(data.get("name")),
             api=Api(data["api"]) if data.get("api") in [a.value for a in Api] else Api.ASSISTANTS,
             model=data["model"] if isinstance(data.get("model"), str) else None,
             assistant_keys=list(raw_assistants),
-            assistants=assistants,
-            conversations=[
-                (i, c) for i, v in enumerate(raw_convs) if (c := valid(Conversation, v)) is not None
-            ],
+            assistants={k: a for k, v in raw_assistants.items() if (a := valid(Assistant, v)) is not None},
+            conversations=[(i, c) for i, c in convs if c is not None],
             matrix=matrix if matrix_ok else {},
-            repeat=data["repeat"] if isinstance(data.get("repeat"), int) and data["repeat"] >= 1 else 1,
-            limits=Limits(),
             complete=matrix_ok or matrix is None,
+            broken_datasets=[
+                (i, d) for i, c in convs if c is None and isinstance(d := _get(raw_convs[i]), str)
+            ],
         )
 
 
-def _template_names(value: Any) -> Iterable[str]:
+def _get(raw: Any, key: str = "dataset") -> Any:
+    return raw.get(key) if isinstance(raw, dict) else None
+
+
+def _names(value: Any) -> Iterable[str]:
     """Every `{{name}}` in a string, or in the strings nested in a mapping/list."""
     if isinstance(value, str):
         yield from TEMPLATE.findall(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _template_names(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _template_names(v)
+    elif isinstance(value, dict | list | tuple):
+        for v in value.values() if isinstance(value, dict) else value:
+            yield from _names(v)
+
+
+def _fmt(value: Any) -> str:
+    """A value's text in a turn, a check value or an id."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: ""}[value]
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _render(value: Any, vars: dict[str, Any]) -> Any:
+    """`{{name}}` replaced in a string, or in the strings nested in a mapping/list."""
+    if isinstance(value, str):
+        has = "{{" in value
+        return TEMPLATE.sub(lambda m: _fmt(vars[m[1]]) if m[1] in vars else m[0], value) if has else value
+    if isinstance(value, dict):
+        return {k: _render(v, vars) for k, v in value.items()}
+    return [_render(v, vars) for v in value] if isinstance(value, list | tuple) else value
+
+
+def _matrix_value_problem(key: str, value: Any) -> str | None:
+    if key == "api":
+        apis = [a.value for a in Api]
+        hint = suggest(str(value), apis)
+        return None if value in apis else f"expected one of {', '.join(apis)}, got {value!r}{hint}"
+    if key == "model":
+        return None if isinstance(value, str) and value else f"a model is a non-empty string, got {value!r}"
+    if key == "temperature":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 2
+        return None if ok else f"a temperature is a number from 0 to 2, got {value!r}"
+    if isinstance(value, str | int | float) and value != "":
+        return None
+    return f"a matrix value is a non-empty string, a number or true/false, got {value!r}"
+
+
+_UNUSED_WITH_ID = (
+    "with `id` the existing assistant is used as it is: instructions and temperature here only serve the "
+    "responses and chat APIs"
+)
 
 
 @dataclass
 class _Checker:
-    """Checks across keys: assistants, ids, vars, datasets, matrix; loads the datasets."""
+    """Checks across keys (assistants, ids, vars, datasets, matrix), then the expansion itself."""
 
     parts: _Parts
     loc: Locator
     folder: Path
-    datasets: dict[int, tuple[str, list[Row]]] | None = None
+    datasets: dict[int, tuple[str, list[Row]]] | None = None  # conversation index -> (shown path, rows)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
-    row_ids: dict[int, list[str]] = field(default_factory=dict)
     used_vars: set[str] = field(default_factory=set)
+    matrix_ok: bool = True
     _bytes: dict[str, bytes] = field(default_factory=dict)
 
-    def problem(self, loc: Sequence[str | int], what: str) -> None:
+    def problem(self, loc: Loc, what: str) -> None:
         self.problems.append(self.loc.at(loc, what))
 
-    def check(self) -> None:
-        self._matrix()
-        keys = self.parts.assistant_keys
-        load = self.datasets is None
+    def warn(self, loc: Loc, what: str) -> None:
+        self.warnings.append(self.loc.at(loc, f"warning: {what}"))
+
+    def run(self) -> list[ConversationTask]:
+        parts, load = self.parts, self.datasets is None
         self.datasets = self.datasets or {}
+        self._matrix()
         first_id: dict[str, int] = {}
-        used_assistants: set[str] = set()
-        for i, conv in self.parts.conversations:
-            at: tuple[str | int, ...] = ("conversations", i)
+        used: dict[int, str] = {}
+        for i, conv in parts.conversations:
+            at: Loc = ("conversations", i)
             if conv.id in first_id:
                 self.problem(
                     (*at, "id"), f"duplicate conversation id {conv.id!r} (first at line {first_id[conv.id]})"
@@ -547,107 +491,86 @@ class _Checker:
                 if not re.match(VAR_PATTERN, name):
                     self.problem((*at, "vars", name), f"{name!r} is not a variable name (letters, digits, _)")
             if load and conv.dataset is not None:
-                self._load_dataset(i, conv)
-            key = self._assistant(i, conv, keys)
+                self._load_dataset(i, conv.dataset)
+            key = self._assistant(i, conv)
             if key is not None:
-                used_assistants.add(key)
+                used[i] = key
                 self._tool_outputs(i, conv, key)
             self._vars(i, conv)
-        for key in keys:
-            if key not in used_assistants and self.parts.conversations and self.parts.complete:
-                self.warnings.append(
-                    self.loc.at(("assistants", key), "warning: no conversation uses this assistant")
-                )
-        self._matrix_warnings()
-
-    def _assistant(self, i: int, conv: Conversation, keys: list[str]) -> str | None:
-        at = ("conversations", i)
-        if conv.assistant is None:
-            if len(keys) > 1:
+        for i, dataset in parts.broken_datasets if load else ():
+            self._load_dataset(i, dataset)  # its conversation is invalid, but report its rows' problems too
+        only_assistants_api = parts.api == Api.ASSISTANTS and "api" not in parts.matrix
+        for key in parts.assistant_keys:
+            a = parts.assistants.get(key)
+            if key not in used.values():
+                if parts.conversations and parts.complete:
+                    self.warn(("assistants", key), "no conversation uses this assistant")
+            elif a and a.model is None and parts.model is None and "model" not in parts.matrix:
                 self.problem(
-                    at, f"name an assistant with `assistant:`; the job has several: {', '.join(keys)}"
+                    ("assistants", key), "no model: set `model` on it or on the job, or a matrix `model`"
                 )
-                return None
-            return keys[0] if keys else None
-        if conv.assistant not in keys:
+            elif a and a.id and (a.instructions or a.temperature is not None) and only_assistants_api:
+                self.warn(("assistants", key, "id"), _UNUSED_WITH_ID)
+        for key in parts.matrix:
+            if key not in MATRIX_KEYS and key not in self.used_vars and re.match(VAR_PATTERN, key):
+                hint = suggest(key, MATRIX_KEYS)
+                self.warn(
+                    ("matrix", key),
+                    f"{{{{{key}}}}} is used nowhere{hint}; conversations still run once per value",
+                )
+        return _Expansion(self).run(used)
+
+    def _assistant(self, i: int, conv: Conversation) -> str | None:
+        keys = self.parts.assistant_keys
+        if conv.assistant is None and len(keys) > 1:
             self.problem(
-                (*at, "assistant"),
-                f"unknown assistant {conv.assistant!r}{suggest(conv.assistant, keys)}; defined: {', '.join(keys)}",
+                ("conversations", i),
+                f"name an assistant with `assistant:`; the job has several: {', '.join(keys)}",
             )
-            return None
-        return conv.assistant
+        elif conv.assistant is not None and conv.assistant not in keys:
+            known = f"{suggest(conv.assistant, keys)}; defined: {', '.join(keys)}"
+            self.problem(("conversations", i, "assistant"), f"unknown assistant {conv.assistant!r}{known}")
+        elif keys:
+            return conv.assistant or keys[0]
+        return None
 
     def _tool_outputs(self, i: int, conv: Conversation, key: str) -> None:
         assistant = self.parts.assistants.get(key)
-        if assistant is None:
-            return
-        if assistant.model is None and self.parts.model is None and "model" not in self.parts.matrix:
-            self.problem(
-                ("assistants", key),
-                "no model: set `model` on this assistant or on the job, or a matrix `model`",
-            )
+        if assistant is None or (assistant.id is not None and not assistant.tools):
+            return  # invalid (reported), or an existing assistant whose tools live on the server
         functions = [t.function.name for t in assistant.tools if t.function is not None]
-        if assistant.id is not None and not assistant.tools:
-            return  # an existing assistant: its tools live on the server
         for name, value in conv.tool_outputs.items():
             at = ("conversations", i, "tool_outputs", name)
             if name not in functions:
-                listed = f"; it has: {', '.join(functions)}" if functions else "; it has none"
+                has = f"it has: {', '.join(functions)}" if functions else "it has none"
                 self.problem(
-                    at, f"assistant {key!r} has no function tool {name!r}{suggest(name, functions)}{listed}"
+                    at, f"assistant {key!r} has no function tool {name!r}{suggest(name, functions)}; {has}"
                 )
             elif value is None:
-                self.problem(at, "needs an output (a string, or a mapping/list sent as JSON)")
+                self.problem(at, "needs an output (a string, or data sent as JSON)")
 
-    def _load_dataset(self, i: int, conv: Conversation) -> None:
-        assert conv.dataset is not None and self.datasets is not None
-        path = self.folder / conv.dataset
-        shown = str(path)
-        at = ("conversations", i, "dataset")
+    def _load_dataset(self, i: int, dataset: str) -> None:
+        """Read a conversation's dataset; problems inside it are located in it."""
+        assert self.datasets is not None
+        path = self.folder / dataset
+        shown, at = str(path), ("conversations", i, "dataset")
         if path.suffix.lower() not in DATASET_SUFFIXES:
             self.problem(
                 at, f"unsupported dataset type {path.suffix or path.name!r}; use .jsonl, .csv, .yaml or .yml"
             )
-            return
-        if not path.is_file():
+        elif not path.is_file():
             self.problem(at, f"dataset {'is not a file' if path.exists() else 'not found'}: {shown}")
-            return
-        try:
-            rows, raw = read_dataset(path, shown)
-        except YAMLProblems as e:
-            self.problems += e.problems
-            return
-        ids: list[str] = []
-        seen: dict[str, int] = {}
-        for row in rows:
-            row_id = _row_id(row)
-            if row_id is None or not row_id.strip() or "#" in row_id or "/" in row_id:
-                self.problems.append(
-                    Problem(
-                        shown,
-                        row.line,
-                        f"row {row.number}",
-                        f"an id must be non-empty, without '#' or '/', got {row.values['id']!r}",
-                    )
-                )
-            elif row_id in seen:
-                self.problems.append(
-                    Problem(
-                        shown,
-                        row.line,
-                        f"row {row.number}",
-                        f"duplicate row id {row_id!r} (first at line {seen[row_id]})",
-                    )
-                )
-            seen.setdefault(str(row_id), row.line)
-            ids.append(str(row_id))
-        self.datasets[i] = (shown, rows)
-        self.row_ids[i] = ids
-        self._bytes[str(path.resolve())] = raw
+        else:
+            try:
+                rows, raw = read_dataset(path, shown)
+            except YAMLProblems as e:
+                self.problems += e.problems
+                return
+            self.datasets[i] = (shown, rows)
+            self._bytes[str(path.resolve())] = raw
 
     def _vars(self, i: int, conv: Conversation) -> None:
-        matrix_vars = {k for k in self.parts.matrix if k not in MATRIX_KEYS}
-        defined = set(conv.vars) | matrix_vars
+        defined = set(conv.vars) | {k for k in self.parts.matrix if k not in MATRIX_KEYS}
         if conv.dataset is not None:
             if self.datasets is None or i not in self.datasets:
                 return  # the dataset could not be read: its columns are unknown
@@ -659,128 +582,50 @@ class _Checker:
                 spec = check.spec()
                 self._defined(("conversations", i, "turns", j, "expect", k, spec.type), spec.value, defined)
 
-    def _defined(self, at: tuple[str | int, ...], value: Any, defined: set[str]) -> None:
-        for name in dict.fromkeys(_template_names(value)):
+    def _defined(self, at: Loc, value: Any, defined: set[str]) -> None:
+        for name in dict.fromkeys(_names(value)):
             self.used_vars.add(name)
             if name not in defined and self.parts.complete:
                 known = f"; defined: {', '.join(sorted(defined))}" if defined else ""
+                how = "(define it in `vars`, a dataset column or a matrix key)"
                 self.problem(
-                    at,
-                    f"{{{{{name}}}}} is not defined{suggest(name, sorted(defined))}{known} "
-                    "(define it in `vars`, a dataset column or a matrix key)",
+                    at, f"{{{{{name}}}}} is not defined{suggest(name, sorted(defined))}{known} {how}"
                 )
 
     def _matrix(self) -> None:
         for key, values in self.parts.matrix.items():
-            at: tuple[str | int, ...] = ("matrix", key)
             if not re.match(VAR_PATTERN, key):
                 self.problem(
-                    at, f"{key!r} is not a variable name (letters, digits, _) nor model/api/temperature"
+                    ("matrix", key),
+                    f"{key!r} is not a variable name (letters, digits, _) nor model/api/temperature",
                 )
             if not values:
-                self.problem(at, "list at least one value")
+                self.problem(("matrix", key), "list at least one value")
             seen: set[str] = set()
             for n, value in enumerate(values):
                 problem = _matrix_value_problem(key, value)
                 if problem is None and _fmt(value) in seen:
                     problem = f"{_fmt(value)!r} is listed twice"
                 if problem:
-                    self.problem((*at, n), problem)
+                    self.problem(("matrix", key, n), problem)
+                    self.matrix_ok = False
                 seen.add(_fmt(value))
-
-    def _matrix_warnings(self) -> None:
-        for key in self.parts.matrix:
-            if key not in MATRIX_KEYS and key not in self.used_vars and re.match(VAR_PATTERN, key):
-                self.warnings.append(
-                    self.loc.at(
-                        ("matrix", key),
-                        f"warning: {{{{{key}}}}} is used nowhere{suggest(key, MATRIX_KEYS)}; every conversation "
-                        "still runs once per value",
-                    )
-                )
-        if self.parts.api == Api.ASSISTANTS and "api" not in self.parts.matrix:
-            for key, a in self.parts.assistants.items():
-                if a.id is not None and (a.instructions or a.temperature is not None):
-                    self.warnings.append(
-                        self.loc.at(
-                            ("assistants", key, "id"),
-                            "warning: with `id` the existing assistant is used as it is; its instructions and "
-                            "temperature here only serve the responses and chat APIs",
-                        )
-                    )
 
     def digest(self, raw: bytes) -> str:
         h = hashlib.sha256(raw)
         for _, data in sorted(self._bytes.items()):
-            h.update(b"\0")
-            h.update(data)
+            h.update(b"\0" + data)
         return h.hexdigest()
 
 
-def _row_id(row: Row) -> str | None:
-    if "id" not in row.values:
-        return str(row.number)
-    value = row.values["id"]
-    return (
-        value
-        if isinstance(value, str)
-        else str(value)
-        if isinstance(value, int) and not isinstance(value, bool)
-        else None
-    )
-
-
-def _matrix_value_problem(key: str, value: Any) -> str | None:
-    if key == "api":
-        return (
-            None
-            if value in [a.value for a in Api]
-            else f"expected one of {', '.join(Api)}, got {value!r}{suggest(str(value), list(Api))}"
-        )
-    if key == "model":
-        return None if isinstance(value, str) and value else f"a model is a non-empty string, got {value!r}"
-    if key == "temperature":
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 2
-        return None if ok else f"a temperature is a number from 0 to 2, got {value!r}"
-    if not isinstance(value, str | int | float) or (isinstance(value, str) and not value):
-        return f"a matrix value is a non-empty string, a number or true/false, got {value!r}"
-    return None
-
-
-def _fmt(value: Any) -> str:
-    """A var's text in a turn, a check value or an id."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
 # --- expansion -------------------------------------------------------------------------------------
-
-
-def _render(value: Any, vars: dict[str, Any]) -> Any:
-    """`{{name}}` replaced in a string, or in the strings nested in a mapping/list."""
-    if isinstance(value, str):
-        if "{{" not in value:
-            return value
-        return TEMPLATE.sub(lambda m: _fmt(vars[m[1]]) if m[1] in vars else m[0], value)
-    if isinstance(value, dict):
-        return {k: _render(v, vars) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_render(v, vars) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
 class _CheckPlan:
     spec: CheckSpec
     templated: bool
-    at: tuple[str | int, ...]
+    at: Loc
 
 
 @dataclass(frozen=True)
@@ -790,131 +635,106 @@ class _TurnPlan:
     checks: tuple[_CheckPlan, ...]
 
 
-def _plans(i: int, conv: Conversation) -> list[_TurnPlan]:
-    """A conversation's turns with what needs rendering marked, so each row renders only that."""
-    plans = []
-    for j, turn in enumerate(conv.turns):
-        checks = []
-        for k, check in enumerate(turn.expect):
-            spec = check.spec()
-            at = ("conversations", i, "turns", j, "expect", k, spec.type)
-            checks.append(_CheckPlan(spec, any(_template_names(spec.value)), at))
-        plans.append(_TurnPlan(turn.user, "{{" in turn.user, tuple(checks)))
-    return plans
-
-
 @dataclass
 class _Expansion:
     """Conversation × dataset row × matrix combination (sorted keys) × repeat, in file order."""
 
-    parts: _Parts
     checker: _Checker
 
-    def run(self) -> list[ConversationTask]:
-        parts = self.parts
-        keys = sorted(parts.matrix)
+    def run(self, assistant_of: dict[int, str]) -> list[ConversationTask]:
+        parts, datasets = self.checker.parts, self.checker.datasets or {}
+        keys = sorted(parts.matrix) if self.checker.matrix_ok else []
         combos = [
             dict(zip(keys, vs, strict=True)) for vs in itertools.product(*(parts.matrix[k] for k in keys))
         ]
-        matrix_vars = {k for k in parts.matrix if k not in MATRIX_KEYS}
+        matrix_vars = {k for k in keys if k not in MATRIX_KEYS}
         tasks: list[ConversationTask] = []
         specs: dict[tuple[str, str, float | None], AssistantSpec] = {}
         for i, conv in parts.conversations:
-            key = conv.assistant or (parts.assistant_keys[0] if len(parts.assistant_keys) == 1 else None)
-            assistant = parts.assistants.get(key) if key is not None else None
-            dataset = (self.checker.datasets or {}).get(i)
-            if assistant is None or key is None or (conv.dataset is not None and dataset is None):
+            key, dataset = assistant_of.get(i), datasets.get(i)
+            assistant = parts.assistants.get(key or "")
+            if key is None or assistant is None or (conv.dataset is not None and dataset is None):
                 continue
-            plans = _plans(i, conv)
+            plans = self._plans(i, conv)
             needed = {n for p in plans for n in TEMPLATE.findall(p.user)}
-            needed.update(
-                n for p in plans for c in p.checks if c.templated for n in _template_names(c.spec.value)
-            )
+            needed.update(n for p in plans for c in p.checks if c.templated for n in _names(c.spec.value))
             from_rows = needed - set(conv.vars) - matrix_vars
             static = None if needed else self._turns(plans, {}, None)
-            tool_outputs = {
-                k: v if isinstance(v, str) else json.dumps(v) for k, v in conv.tool_outputs.items()
-            }
-            rows: list[Row | None] = list(dataset[1]) if dataset else [None]
-            ids = self.checker.row_ids.get(i, [])
-            for n, row in enumerate(rows):
-                base = f"{parts.name}/{conv.id}" + (f"/{ids[n]}" if row is not None else "")
-                where_row = (dataset[0], row) if dataset and row else None
-                if where_row and not self._has(where_row, from_rows, conv.id):
+            outputs = {k: v if isinstance(v, str) else json.dumps(v) for k, v in conv.tool_outputs.items()}
+            for row in dataset[1] if dataset else [None]:
+                base = f"{parts.name}/{conv.id}" + (f"/{row.id}" if row else "")
+                at_row = (dataset[0], row) if dataset and row else None
+                if at_row and not self._has(at_row, from_rows, conv.id):
                     continue
                 for combo in combos:
                     vars = {**conv.vars, **(row.values if row else {})}
                     vars.update((k, v) for k, v in combo.items() if k not in MATRIX_KEYS)
-                    turns = static or self._turns(plans, vars, where_row)
                     model = combo.get("model") or assistant.model or parts.model or ""
                     temperature = combo.get("temperature", assistant.temperature)
                     spec = specs.get((key, model, temperature))
                     if spec is None:
+                        tools = tuple(t.model_dump(exclude_none=True) for t in assistant.tools)
                         spec = specs[(key, model, temperature)] = AssistantSpec(
-                            key=key,
-                            name=assistant.name or key,
-                            model=model,
-                            id=assistant.id,
-                            instructions=assistant.instructions,
-                            temperature=temperature,
-                            tools=tuple(t.model_dump(exclude_none=True) for t in assistant.tools),
-                        )
+                            key=key, name=assistant.name or key, model=model, id=assistant.id,
+                            instructions=assistant.instructions, temperature=temperature, tools=tools,
+                        )  # fmt: skip
+                    common: dict[str, Any] = {
+                        "job": parts.name, "api": Api(combo.get("api", parts.api)), "model": model,
+                        "assistant": spec, "vars": vars, "matrix": combo, "tool_outputs": outputs,
+                        "turns": static or self._turns(plans, vars, at_row), "limits": parts.limits,
+                    }  # fmt: skip
                     matrix_id = "".join(f"#{k}={_fmt(v)}" for k, v in combo.items())
-                    api = Api(combo.get("api", parts.api))
                     tasks.extend(
                         ConversationTask.model_construct(
-                            conversation_id=f"{base}{matrix_id}#r{r}",
-                            job=parts.name,
-                            api=api,
-                            model=model,
-                            assistant=spec,
-                            vars=vars,
-                            matrix=combo,
-                            turns=turns,
-                            tool_outputs=tool_outputs,
-                            limits=parts.limits,
-                            repeat_index=r,
+                            conversation_id=f"{base}{matrix_id}#r{r}", repeat_index=r, **common
                         )
                         for r in range(parts.repeat)
                     )
         return tasks
 
-    def _has(self, where_row: tuple[str, Row], names: set[str], conv_id: str) -> bool:
-        """Does the row give every var the conversation needs from rows? (reported if not)"""
-        shown, row = where_row
+    @staticmethod
+    def _plans(i: int, conv: Conversation) -> list[_TurnPlan]:
+        """The turns with what needs rendering marked, so each row renders only that."""
+        plans = []
+        for j, turn in enumerate(conv.turns):
+            checks = []
+            for k, check in enumerate(turn.expect):
+                spec = check.spec()
+                at = ("conversations", i, "turns", j, "expect", k, spec.type)
+                checks.append(_CheckPlan(spec, any(_names(spec.value)), at))
+            plans.append(_TurnPlan(turn.user, "{{" in turn.user, tuple(checks)))
+        return plans
+
+    def _has(self, at_row: tuple[str, Row], names: set[str], conv_id: str) -> bool:
+        """Does the row give every var the conversation takes from rows? (reported if not)"""
+        shown, row = at_row
         missing = sorted(names - row.values.keys())
         if missing:
-            what = ", ".join(f"{{{{{m}}}}}" for m in missing)
-            self.checker.problems.append(
-                Problem(
-                    shown,
-                    row.line,
-                    f"row {row.number}",
-                    f"no value for {what} (used by conversation {conv_id!r})",
-                )
-            )
+            names_ = ", ".join(f"{{{{{m}}}}}" for m in missing)
+            what = f"no value for {names_} (used by conversation {conv_id!r})"
+            self.checker.problems.append(Problem(shown, row.line, f"row {row.number}", what))
         return not missing
 
     def _turns(
-        self, plans: list[_TurnPlan], vars: dict[str, Any], where_row: tuple[str, Row] | None
+        self, plans: list[_TurnPlan], vars: dict[str, Any], at_row: tuple[str, Row] | None
     ) -> tuple[TurnSpec, ...]:
-        turns = []
-        for plan in plans:
-            checks = tuple(self._check(c, vars, where_row) if c.templated else c.spec for c in plan.checks)
-            user = _render(plan.user, vars) if plan.templated else plan.user
-            turns.append(TurnSpec.model_construct(user=user, expect=checks))
-        return tuple(turns)
+        return tuple(
+            TurnSpec.model_construct(
+                user=_render(p.user, vars) if p.templated else p.user,
+                expect=tuple(self._check(c, vars, at_row) if c.templated else c.spec for c in p.checks),
+            )
+            for p in plans
+        )
 
-    def _check(self, plan: _CheckPlan, vars: dict[str, Any], where_row: tuple[str, Row] | None) -> CheckSpec:
+    def _check(self, plan: _CheckPlan, vars: dict[str, Any], at_row: tuple[str, Row] | None) -> CheckSpec:
         value = _render(plan.spec.value, vars)
-        if plan.spec.type in ("regex", "not_regex", "json_schema"):
-            problem = check_value_problem(plan.spec.type, value)
-            if problem and where_row:
-                shown, row = where_row
-                what = f"{where(plan.at)}: {problem} (after filling in this row)"
-                self.checker.problems.append(Problem(shown, row.line, f"row {row.number}", what))
-            elif problem:
-                self.checker.problems.append(
-                    self.checker.loc.at(plan.at, f"{problem} (after filling in the vars)")
-                )
+        rendered_matters = plan.spec.type in ("regex", "not_regex", "json_schema")
+        problem = check_value_problem(plan.spec.type, value) if rendered_matters else None
+        if problem and at_row:
+            what = f"{where(plan.at)}: {problem} (after filling in this row)"
+            self.checker.problems.append(Problem(at_row[0], at_row[1].line, f"row {at_row[1].number}", what))
+        elif problem:
+            self.checker.problems.append(
+                self.checker.loc.at(plan.at, f"{problem} (after filling in the vars)")
+            )
         return CheckSpec.model_construct(type=plan.spec.type, value=value)

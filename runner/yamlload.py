@@ -242,6 +242,9 @@ def _count(node: Node, memo: dict[int, int], active: set[int], shown: str) -> in
     return n
 
 
+_NO_TAG = "tag {} is not allowed (only plain YAML: strings, numbers, true/false, null, lists, mappings)"
+
+
 def _tag_name(tag: str) -> str:
     return "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
 
@@ -262,7 +265,7 @@ class _Builder:
             return self.scalar(node, path)
         if isinstance(node, SequenceNode):
             if node.tag != _TAG + "seq":
-                self.problem(node, path, f"tag {_tag_name(node.tag)} is not allowed (plain lists only)")
+                self.problem(node, path, _NO_TAG.format(_tag_name(node.tag)))
             items = []
             for i, child in enumerate(node.value):
                 self.loc.lines[(*path, i)] = child.start_mark.line + 1
@@ -270,7 +273,7 @@ class _Builder:
             return items
         assert isinstance(node, MappingNode)
         if node.tag != _TAG + "map":
-            self.problem(node, path, f"tag {_tag_name(node.tag)} is not allowed (plain mappings only)")
+            self.problem(node, path, _NO_TAG.format(_tag_name(node.tag)))
         own = {id(k) for k, _ in node.value}
         try:
             self.flattener.flatten_mapping(node)
@@ -311,12 +314,7 @@ class _Builder:
         except ValueError:
             self.problem(node, path, f"{value!r} is not a valid {_tag_name(tag)}")
             return None
-        self.problem(
-            node,
-            path,
-            f"tag {_tag_name(tag)} is not allowed (only plain YAML: strings, numbers, true/false, null, "
-            "lists, mappings)",
-        )
+        self.problem(node, path, _NO_TAG.format(_tag_name(tag)))
         return None
 
 
@@ -355,6 +353,12 @@ class Row:
     line: int
     values: dict[str, Any]
 
+    @property
+    def id(self) -> str:
+        """The row's part of the conversation id: its `id` value, else its row number."""
+        value = self.values.get("id", self.number)
+        return value if isinstance(value, str) else str(value)
+
 
 def read_dataset(path: Path, shown: str) -> tuple[list[Row], bytes]:
     """Rows and the file's bytes (for the job digest); raises YAMLProblems located in the dataset."""
@@ -371,6 +375,34 @@ def read_dataset(path: Path, shown: str) -> tuple[list[Row], bytes]:
         rows = _yaml_rows(text, shown, problems)
     if not rows and not problems:
         problems.append(Problem(shown, None, "", "the dataset has no rows"))
+    seen: dict[str, int] = {}
+    for row in rows:
+        value = row.values.get("id", row.number)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, str | int)
+            or not str(value).strip()
+            or "#" in str(value)
+            or "/" in str(value)
+        ):
+            problems.append(
+                Problem(
+                    shown,
+                    row.line,
+                    f"row {row.number}",
+                    f"an id is a non-empty string or number without '#' or '/', got {value!r}",
+                )
+            )
+        elif row.id in seen:
+            problems.append(
+                Problem(
+                    shown,
+                    row.line,
+                    f"row {row.number}",
+                    f"duplicate row id {row.id!r} (first at line {seen[row.id]})",
+                )
+            )
+        seen.setdefault(row.id, row.line)
     if problems:
         raise YAMLProblems(_capped(problems, shown))
     return rows, data
@@ -469,7 +501,7 @@ def _kind(value: Any) -> str:
         return "a list"
     if isinstance(value, str):
         return f"the string {shorten(value)}"
-    return f"{type(value).__name__} {shorten(value)}"
+    return shorten(value)
 
 
 _EXPECTED = {
@@ -533,7 +565,11 @@ def problems_from(
 ) -> list[Problem]:
     """One Problem per pydantic error, located by `loc`; `unknown_key` may word unknown keys itself."""
     out = []
-    for err in error.errors(include_url=False):
+    errors = error.errors(include_url=False)
+    error_locs = [e["loc"] for e in errors]
+    for err in errors:
+        if err["type"] == "too_short" and any(o[: len(err["loc"])] == err["loc"] != o for o in error_locs):
+            continue  # "must not be empty" only because its items failed: those errors say why
         parts: Loc = (*prefix, *(p if isinstance(p, int) else str(p) for p in err["loc"]))
         kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
         at = parts
@@ -554,14 +590,16 @@ def problems_from(
         elif kind in _EXPECTED:
             what = f"expected {_EXPECTED[kind]}, got {_kind(value)}"
         elif kind in ("literal_error", "enum"):
-            expected = str(ctx.get("expected", ""))
+            expected = {"True": "true", "False": "false"}.get(
+                ctx.get("expected", ""), str(ctx.get("expected"))
+            )
             choices = re.findall(r"'([^']*)'", expected)
             what = f"expected {expected}, got {_kind(value)}"
             if isinstance(value, str):
                 what += suggest(value, choices)
         elif kind in ("value_error", "assertion_error"):
             what = str(ctx.get("error", err["msg"]))
-        elif kind == "too_short" and ctx.get("min_length") == 1:
+        elif kind in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
             what = "must not be empty"
         else:
             msg = re.sub(r"^Input should be ", "must be ", err["msg"])
