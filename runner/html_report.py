@@ -176,7 +176,7 @@ def histogram_svg(latencies: Sequence[float]) -> str:
     bar_w = plot_w / n_bins
     peak = max(counts)
     parts = [
-        f'<svg class="histogram" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'<svg class="histogram" viewBox="0 0 {width} {height}" width="100%" '
         f'role="img" aria-label="Latency per turn histogram ({len(latencies)} turns)">',
         f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>',
         f'<text class="tick" x="{left - 6}" y="{top + 4}" text-anchor="end">{peak}</text>',
@@ -193,8 +193,9 @@ def histogram_svg(latencies: Sequence[float]) -> str:
     label_every = max(1, math.ceil(n_bins / 6))
     for i in range(0, n_bins + 1, label_every):
         x = left + i * bar_w
+        anchor = "end" if i == n_bins else "start" if i == 0 else "middle"  # keep edge labels inside
         parts.append(
-            f'<text class="tick" x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+            f'<text class="tick" x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}">'
             f"{e(format_ms(i * step))}</text>"
         )
     for name, p in (("p50", 50), ("p95", 95)):
@@ -209,7 +210,7 @@ def histogram_svg(latencies: Sequence[float]) -> str:
         )
     parts.append(
         f'<text class="tick" x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">'
-        f"latency per turn ({len(latencies)} turns)</text></svg>"
+        f"latency per turn ({len(latencies)} turn{'s' if len(latencies) != 1 else ''})</text></svg>"
     )
     return "".join(parts)
 
