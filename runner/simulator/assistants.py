@@ -370,7 +370,7 @@ def _run(call: Call) -> Run:
 
 
 async def get_run(call: Call) -> Any:
-    return _run(call).to_dict()
+    return _run(call).json()
 
 
 async def list_runs(call: Call) -> dict[str, Any]:
@@ -385,6 +385,7 @@ async def update_run(call: Call) -> dict[str, Any]:
     body = await call.body()
     if "metadata" in body:
         run.metadata = v.metadata(body["metadata"])
+        run.cached_json = None
     return run.to_dict()
 
 
@@ -431,8 +432,9 @@ async def get_step(call: Call) -> dict[str, Any]:
 
 
 def routes() -> list[tuple[str, dict[str, Any]]]:
-    """(path under /v1, {method: handler}) for every Assistants endpoint."""
+    """(path under /v1, {method: handler}) for every Assistants endpoint; the hottest (polling) first."""
     return [
+        ("/threads/{thread_id}/runs/{run_id}", {"GET": get_run, "POST": update_run}),
         ("/assistants", {"POST": create_assistant, "GET": list_assistants}),
         (
             "/assistants/{assistant_id}",
@@ -447,7 +449,6 @@ def routes() -> list[tuple[str, dict[str, Any]]]:
             {"GET": get_message, "POST": update_message, "DELETE": delete_message},
         ),
         ("/threads/{thread_id}/runs", {"POST": create_run, "GET": list_runs}),
-        ("/threads/{thread_id}/runs/{run_id}", {"GET": get_run, "POST": update_run}),
         ("/threads/{thread_id}/runs/{run_id}/cancel", {"POST": cancel_run}),
         ("/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", {"POST": submit_outputs}),
         ("/threads/{thread_id}/runs/{run_id}/steps", {"GET": list_steps}),

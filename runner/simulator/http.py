@@ -85,6 +85,20 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(dumps(obj), status_code=status, media_type=JSON)
 
 
+class RawJSONResponse(Response):
+    """A JSON answer whose headers are given ready-made (the hot path of every request)."""
+
+    def __init__(self, body: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.status_code = status
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ]
+
+
 def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
@@ -174,6 +188,7 @@ def endpoint(
 
     async def run(request: Request) -> Response:
         started = time.perf_counter()
+        status = 200
         method = request.method
         sim.stats.request(method, route)
         now = sim.now()
@@ -219,25 +234,30 @@ def endpoint(
                 )
             call = Call(sim, request, key, now, extra)
             result = await handler(call)
-            response = result if isinstance(result, Response) else json_response(result)
         except RateLimited as e:
             sim.stats.event("rate_limited")
             err = APIError(429, e.message, e.kind, None, "rate_limit_exceeded", e.retry_headers())
-            response = json_response(err.body(), err.status)
+            result, status = err.body(), err.status
             extra.update(err.headers)
         except APIError as e:
-            response = json_response(e.body(), e.status)
+            result, status = e.body(), e.status
             extra.update(e.headers)
         except Exception:  # a simulator bug: answer like OpenAI's 500 and say where it came from
             log.exception("simulator error on %s %s", method, route)
-            response = json_response(server_error().body(), 500)
-        headers = response.headers
-        headers["x-request-id"] = sim.request_id()
-        headers["openai-processing-ms"] = str(int((time.perf_counter() - started) * 1000))
-        for name, value in sim.limiter.headers(key, now).items():
-            headers[name] = value
-        for name, value in extra.items():
-            headers[name] = value
+            result, status = server_error().body(), 500
+        # Headers are assembled once as raw bytes: Starlette's MutableHeaders rescans on every set.
+        headers = [
+            (b"x-request-id", sim.request_id().encode()),
+            (b"openai-processing-ms", str(int((time.perf_counter() - started) * 1000)).encode()),
+            *sim.limiter.raw_headers(key, now),
+            *((k.encode(), v.encode()) for k, v in extra.items()),
+        ]
+        if isinstance(result, Response):  # a stream
+            response = result
+            response.raw_headers.extend(headers)
+        else:
+            body = result if isinstance(result, bytes) else dumps(result)
+            response = RawJSONResponse(body, status, headers)
         sim.stats.status(response.status_code)
         _log(verbose, method, request, response.status_code, started)
         return response

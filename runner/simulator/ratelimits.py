@@ -126,21 +126,25 @@ class RateLimiter:
 
     def headers(self, key: str | None, now: float) -> dict[str, str]:
         """The `x-ratelimit-*` headers for a response to `key` (None: a request without a usable key)."""
+        return {k.decode(): v.decode() for k, v in self.raw_headers(key, now)}
+
+    def raw_headers(self, key: str | None, now: float) -> list[tuple[bytes, bytes]]:
         rpm = self.rpm or NOMINAL_RPM
         tpm = self.tpm or NOMINAL_TPM
-        used_r, used_t, reset_r, reset_t = 0, 0, 0.0, 0.0
-        if key is not None and key in self._windows:
-            w = self._window(key, now)
+        used_r, used_t, reset_r, reset_t = 0, 0, b"0ms", b"0ms"
+        w = self._windows.get(key) if key is not None else None
+        if w is not None:
+            w.expire(now)
             used_r, used_t = len(w.requests), w.token_sum
             if w.requests:
-                reset_r = w.requests[-1] + WINDOW_S - now
+                reset_r = go_duration(w.requests[-1] + WINDOW_S - now).encode()
             if w.tokens:
-                reset_t = w.tokens[-1][0] + WINDOW_S - now
-        return {
-            "x-ratelimit-limit-requests": str(rpm),
-            "x-ratelimit-limit-tokens": str(tpm),
-            "x-ratelimit-remaining-requests": str(max(0, rpm - used_r)),
-            "x-ratelimit-remaining-tokens": str(max(0, tpm - used_t)),
-            "x-ratelimit-reset-requests": go_duration(reset_r),
-            "x-ratelimit-reset-tokens": go_duration(reset_t),
-        }
+                reset_t = go_duration(w.tokens[-1][0] + WINDOW_S - now).encode()
+        return [
+            (b"x-ratelimit-limit-requests", str(rpm).encode()),
+            (b"x-ratelimit-limit-tokens", str(tpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(0, rpm - used_r)).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(0, tpm - used_t)).encode()),
+            (b"x-ratelimit-reset-requests", reset_r),
+            (b"x-ratelimit-reset-tokens", reset_t),
+        ]

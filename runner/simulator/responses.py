@@ -98,7 +98,7 @@ class ResponseRun:
         status = status or self.status
         r = self.request
         done = status in ("completed", "incomplete")
-        return {
+        out = {
             "id": self.id,
             "object": "response",
             "created_at": int(self.created),
@@ -125,9 +125,11 @@ class ResponseRun:
             "top_logprobs": 0,
             "top_p": r["top_p"],
             "truncation": "disabled",
-            "usage": self.usage if status in _TERMINAL and status != "cancelled" else None,
             "metadata": r["metadata"],
         }
+        if status in ("completed", "incomplete", "failed"):  # absent (not null) before: the schema says so
+            out["usage"] = self.usage
+        return out
 
 
 # -- items --------------------------------------------------------------------------------------

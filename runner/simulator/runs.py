@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.simulator.core import CANCEL_DELAY_S, Simulator
-from runner.simulator.http import SERVER_ERROR_MESSAGE, bad_request
+from runner.simulator.http import SERVER_ERROR_MESSAGE, bad_request, dumps
 from runner.simulator.replies import Plan, count_tokens
 
 ACTIVE = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
@@ -138,6 +138,16 @@ class Run:
     tool_outputs: list[str] = field(default_factory=list)
     events: list[tuple[str, Any]] | None = None
     wake: asyncio.Event | None = None
+    cached_json: bytes | None = None
+
+    def json(self) -> bytes:
+        """The run as JSON; a terminal run never changes (bar metadata), so it is encoded once."""
+        if self.cached_json is not None:
+            return self.cached_json
+        body = dumps(self.to_dict())
+        if self.status in TERMINAL:
+            self.cached_json = body
+        return body
 
     @property
     def thread_id(self) -> str:
@@ -373,8 +383,13 @@ def _finish(run: Run, status: str, at: float) -> None:
                 "expired": "expired_at",
             }[step_status]
         ] = ts
-        if step_status == "completed":
-            step["usage"] = run.usage()
+        if step_status == "completed":  # the message step's own tokens: this phase's prompt and reply
+            completion = count_tokens(run.message_final)
+            step["usage"] = {
+                "prompt_tokens": run.phase_prompt,
+                "completion_tokens": completion,
+                "total_tokens": run.phase_prompt + completion,
+            }
         if step_status == "failed":
             step["last_error"] = dict(run.last_error or {})
         run.emit(f"thread.run.step.{step_status}", step)
