@@ -233,8 +233,13 @@ def check_failures(record: Record) -> list[CheckFailure]:
     ]
 
 
+_QUOTED_REPLY = re.compile(r"; got ['\"].*$", re.DOTALL)
+
+
 def failure_line(f: CheckFailure) -> str:
-    detail = f" ({clip(f.detail, 100)})" if f.detail else ""
+    # Check details often end by quoting the reply ("...; got 'Refunds ...'"): it is shown once, below.
+    short = _QUOTED_REPLY.sub("", f.detail) if f.detail and f.assistant is not None else f.detail
+    detail = f" ({clip(short, 100)})" if short else ""
     check = describe_check({"type": f.check, "value": f.expected, "passed": False, "detail": None})
     return f"turn {f.turn + 1}: {check} failed{detail}; assistant said: {json.dumps(clip(f.assistant))}"
 

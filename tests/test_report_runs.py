@@ -173,7 +173,7 @@ def _build(root: Path) -> Runs:
     )
     # The edit: refunds now answered with "60 days" and no word "refund": refund-ok regresses
     # (contains: refund), refund-wrong improves (contains: 60 days); html-reply removed, brand-new added.
-    changed_text = MAIN_JOB.format(api="chat", extra=CHANGED_EXTRA, refund_reply="Returns within 60 days.")
+    changed_text = MAIN_JOB.format(api="assistants", extra=CHANGED_EXTRA, refund_reply="Returns within 60 days.")
     root.mkdir(parents=True, exist_ok=True)
     job_file = root / "report-demo.yaml"
     main = _run(main_text, job_file, root / "main.jsonl")
@@ -189,11 +189,6 @@ def _build(root: Path) -> Runs:
 
 def real_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """The runs above, made once per session (every module that asks shares them)."""
-    try:  # TEMPORARY while the engine and simulator land; removed once they are in the tree
-        from runner.engine import run_inline  # noqa: F401
-        from runner.simulator import start_simulator  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"engine/simulator not in the tree yet: {e}")
     return _build(tmp_path_factory.getbasetemp() / "report-runs")
 
 
