@@ -198,9 +198,9 @@ def poll_after_s(headers: Any) -> float | None:
         return None
 
 
-def stream_timeout(deadline: float, connect_s: float = 10.0, margin_s: float = 2.0) -> httpx2.Timeout:
+def stream_timeout(deadline: float, connect_s: float = 10.0, margin_s: float = 0.5) -> httpx2.Timeout:
     """A stream is read for as long as the run may take, and not much longer."""
-    remaining = max(1.0, deadline - time.monotonic()) + margin_s
+    remaining = max(0.0, deadline - time.monotonic()) + margin_s
     return httpx2.Timeout(remaining, connect=connect_s)
 
 

@@ -54,14 +54,11 @@ from runner.tasks import Api, AssistantSpec, ConversationTask
 from runner.transcripts import ToolCallRecord
 
 # The SDK marks every Assistants method deprecated (the public API is gone; compatible servers and
-# our simulator remain). Silence exactly that warning, only where it is attributed to this module or
-# the SDK's wrappers, never globally.
-warnings.filterwarnings(
-    "ignore",
-    message="The Assistants API is deprecated",
-    category=DeprecationWarning,
-    module=r"(runner\.backends\.assistants|openai\.)",
-)
+# our simulator remain). Silence exactly those warnings, only where they are attributed to this
+# module or the SDK's wrappers, never globally.
+_DEPRECATED = r"(The Assistants API is deprecated|deprecated$)"
+_OURS = r"(runner\.backends\.assistants|openai\.)"
+warnings.filterwarnings("ignore", message=_DEPRECATED, category=DeprecationWarning, module=_OURS)
 
 WAIT_ENV = "RUNNER_ASSISTANTS_WAIT"
 WAIT_MODES = ("stream", "poll")
@@ -70,6 +67,9 @@ ACTIVE = frozenset({"queued", "in_progress", "cancelling"})
 """Statuses to keep waiting on (`requires_action` is ours to answer)."""
 
 TRANSIENT_RUN_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
+
+PAGE_SIZE = 100
+"""Assistants listed per request while preparing (the API's maximum)."""
 
 CANCEL_WAIT_S = 5.0
 """How long to wait for a cancelled run to reach a terminal status before recording it anyway."""
@@ -94,8 +94,17 @@ def _norm(value: Any) -> Any:
     return value
 
 
+def _tool(tool: Any) -> Any:
+    """A tool as compared: no nulls, and `strict: false` is the same as no `strict` (servers fill it in)."""
+    data = _norm(tool.model_dump() if hasattr(tool, "model_dump") else dict(tool))
+    fn = data.get("function")
+    if isinstance(fn, dict) and fn.get("strict") is False:
+        del fn["strict"]
+    return data
+
+
 def _tools_of(assistant: Any) -> list[Any]:
-    return [_norm(t.model_dump() if hasattr(t, "model_dump") else t) for t in assistant.tools or []]
+    return [_tool(t) for t in assistant.tools or []]
 
 
 def differs(existing: Any, spec: AssistantSpec) -> bool:
@@ -108,7 +117,7 @@ def differs(existing: Any, spec: AssistantSpec) -> bool:
         existing.temperature is None or abs(existing.temperature - spec.temperature) > 1e-9
     ):
         return True
-    return _tools_of(existing) != [_norm(dict(t)) for t in spec.tools]
+    return _tools_of(existing) != [_tool(t) for t in spec.tools]
 
 
 class AssistantsBackend(Backend):
@@ -125,6 +134,13 @@ class AssistantsBackend(Backend):
     # -- preparation --------------------------------------------------------------------------
 
     def prepare(self, specs: Sequence[AssistantSpec], caller: Caller) -> dict[str, str]:
+        # Once per run, before any conversation thread starts: a local filter is safe here and also
+        # holds where an outer `catch_warnings` (pytest's) shadows the module-level one.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DEPRECATED, category=DeprecationWarning, module=_OURS)
+            return self._prepare(specs, caller)
+
+    def _prepare(self, specs: Sequence[AssistantSpec], caller: Caller) -> dict[str, str]:
         ids = {s.key: s.id for s in specs if s.id}
         todo = [s for s in specs if not s.id]
         if not todo:
@@ -162,7 +178,7 @@ class AssistantsBackend(Backend):
         after: str | None = None
         n = 0
         while True:
-            kwargs: dict[str, Any] = {"limit": 100, "order": "desc"}
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "order": "desc"}
             if after:
                 kwargs["after"] = after
             page = caller.call(lambda kw=kwargs: self.client.beta.assistants.list(**kw))

@@ -5,10 +5,10 @@ turn a response with `conversation`, `instructions`, `tools` and `model`, the us
 `input`. Function calls are answered with `function_call_output` items from the conversation's
 `tool_outputs`, in a follow-up response on the same conversation.
 
-Waiting (`RUNNER_RESPONSES_WAIT`):
-    stream (default)  `stream: true`: the whole response in one request (the floor).
-    poll              `background: true`, then GETs paced like the assistants backend (see `Pacer`);
-                      a response still active after `run_timeout_s` is cancelled.
+Responses are created with `background: true`, so one that outlives `run_timeout_s` can be
+cancelled, and one whose stream broke can be read again. Waiting (`RUNNER_RESPONSES_WAIT`):
+    stream (default)  `stream: true` as well: the whole response in one request (the floor).
+    poll              GETs paced like the assistants backend (see `Pacer`).
 Function tools are converted from the job's shape `{type, function: {name, …}}` to the Responses
 shape `{type, name, description, parameters, strict}`.
 
@@ -209,7 +209,7 @@ class ResponsesConversation(Conversation):
         if self.stream:
             timeout = stream_timeout(deadline)
             stream = self.caller.call(
-                lambda: self.responses.create(stream=True, timeout=timeout, **body),
+                lambda: self.responses.create(background=True, stream=True, timeout=timeout, **body),
                 tokens=estimate,
                 reconcile=reconcile,
             )
@@ -228,6 +228,7 @@ class ResponsesConversation(Conversation):
 
     def _consume(self, stream: Any, deadline: float) -> _Outcome:
         out = _Outcome()
+        kind = ""
         try:
             for event in stream:
                 kind = getattr(event, "type", "")
