@@ -11,7 +11,13 @@ from runner.pipeline import RunOptions, run_job
 @main.command()
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="JSONL to write (default: the job's `output`).")
-@click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True, help="Worker processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 256),
+    default=4,
+    show_default=True,
+    help="Local worker processes (0: only workers already serving --redis-url).",
+)
 @click.option("--simulate", is_flag=True, help="Run against the built-in simulator on a free loopback port.")
 @redis_option
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write a JUnit XML report.")
