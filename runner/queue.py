@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -74,11 +73,6 @@ def rq_queue(redis: redis_lib.Redis) -> Queue:
 def job_id_for(batch_id: str, conversation_id: str) -> str:
     """RQ job ids allow [A-Za-z0-9_-] only: a hash of the pair, stable across enqueues."""
     return "c" + hashlib.sha256(f"{batch_id}\0{conversation_id}".encode()).hexdigest()[:40]
-
-
-def new_batch_id(now: datetime) -> str:
-    utc = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    return f"{utc:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def base_url() -> str:
@@ -140,13 +134,13 @@ def enqueue_tasks(
     now: datetime | None = None,
     batch_id: str | None = None,
 ) -> str:
-    from runner.engine import prepare_tasks
+    from runner.engine import new_batch_id, prepare_tasks
     from runner.jobfile import render_output
 
     now = now or datetime.now(UTC)
     key = _resume_key(job, output)
     try:
-        batch_id = batch_id or _resumable(redis, key) or new_batch_id(now)
+        batch_id = batch_id or _resumable(redis, key) or new_batch_id(job.name, now)
         batch = Batch(redis, batch_id)
         info = batch.info()
         if info is not None:
@@ -188,6 +182,14 @@ def _enqueue(
     )
 
 
+def _transaction(redis: redis_lib.Redis) -> Any:
+    """A MULTI pipeline opened up front: RQ's enqueue calls `multi()` itself, which fails once
+    other commands are queued."""
+    pipe = redis.pipeline()
+    pipe.multi()
+    return pipe
+
+
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -215,7 +217,7 @@ def ensure_enqueued(
         for conv in chunk:
             pipe.hmget(RQJob.key_for(job_id_for(batch_id, conv)), "status", "data")
         found = pipe.execute()
-        pipe = redis.pipeline()
+        pipe = _transaction(redis)
         for conv, (status, data) in zip(chunk, found, strict=True):
             if status in (b"queued", b"started", b"deferred", b"scheduled"):
                 continue  # pending: a worker will run it (a dead one's job was reaped above)
@@ -366,7 +368,7 @@ def _requeue(redis: redis_lib.Redis, queue: Queue, job_id: str) -> int:
         why = f"abandoned: the worker running this conversation died {attempt} times"
         batch.store_record(error_record(t, batch_id, attempt, why), generation)
         return 1
-    pipe = redis.pipeline()
+    pipe = _transaction(redis)
     _enqueue(queue, task, batch_id, generation, attempt + 1, pipe)
     batch.transition(conv, "queued", client=pipe)
     pipe.execute()
@@ -391,7 +393,7 @@ def retry_batch(batch_id: str, redis: redis_lib.Redis) -> int:
     batch.clear_abort()
     queue = rq_queue(redis)
     for chunk in _chunks(todo):
-        pipe = redis.pipeline()
+        pipe = _transaction(redis)
         for conv in chunk:
             generation = batch.bump_generation(conv)
             previous = batch.record(conv)
@@ -444,6 +446,7 @@ def run_batch(job: Job, tasks: Sequence[ConversationTask], options: Any) -> Any:
     progress line while collecting, write the JSONL, stop everything, return the `RunOutcome`."""
     from runner.collector import Collector, sorted_records
     from runner.pipeline import RunOutcome
+    from runner.progress import Progress
     from runner.redis_server import connect, embedded_redis, runner_home
     from runner.transcripts import write_records
     from runner.worker import local_workers
@@ -457,19 +460,19 @@ def run_batch(job: Job, tasks: Sequence[ConversationTask], options: Any) -> Any:
             url = stack.enter_context(embedded_redis()).url
         redis = connect(url)
         stack.callback(redis.close)
+        workers = None
+        if options.workers:  # started first: their start-up overlaps preparing and enqueuing
+            log_path = runner_home() / "logs" / f"workers-{job.name}.log"
+            workers = stack.enter_context(local_workers(url, options.workers, log_path))
         batch_id = enqueue_tasks(job, tasks, redis=redis, output=options.output)
         batch = Batch(redis, batch_id)
         output = Path(batch.require().output)
-        workers = None
-        if options.workers:
-            log_path = runner_home() / "logs" / f"workers-{batch_id}.log"
-            workers = stack.enter_context(local_workers(url, options.workers, log_path))
         collector = Collector(batch)
-        progress = _progress(options.progress, job.name, batch_id)
+        progress = Progress(batch.require().total, enabled=options.progress).start()
         try:
             _follow(redis, batch, collector, workers, progress)
         except BaseException as e:
-            progress(None)
+            progress.close()
             collector.poll()
             collector.write(output)
             if isinstance(e, KeyboardInterrupt):
@@ -481,22 +484,23 @@ def run_batch(job: Job, tasks: Sequence[ConversationTask], options: Any) -> Any:
                     " run the same command again to finish the batch"
                 )
             raise
-        progress(None)
+        progress.close()
         records = sorted_records(batch.records().values())
         write_records(output, records)
     return RunOutcome(batch_id=batch_id, output=output, records=records, wall_s=time.monotonic() - started)
 
 
 def _follow(redis: redis_lib.Redis, batch: Batch, collector: Any, workers: Any, progress: Any) -> None:
-    from runner.batch import workers_alive
-
     last_done, last_change, last_reap, last_repair = -1, time.monotonic(), 0.0, time.monotonic()
     while True:
         collector.poll()
         info = batch.require()
         now = time.monotonic()
-        alive = retrying(lambda: workers_alive(redis))
-        progress(info, alive)
+        c = info.counts
+        failed = c["failed"] + c["errors"]
+        progress.update(
+            done=info.done, failed=failed, in_flight=c["running"], tokens=c["tokens"], total=info.total
+        )
         if info.aborted:
             raise FatalAPIError(f"batch {batch.id} aborted: {info.aborted}")
         if info.finished:
@@ -518,35 +522,3 @@ def _say(text: str) -> None:
     import click
 
     click.echo(text, err=True)
-
-
-def _progress(enabled: bool, job_name: str, batch_id: str) -> Any:
-    """A callable taking (BatchInfo, workers alive) to redraw the live line, or None to end it."""
-    import sys
-
-    if not enabled or not sys.stderr.isatty():
-        return lambda info, alive=0: None
-    try:
-        from runner import progress as progress_mod
-
-        line = progress_mod.for_batch(job_name, batch_id)  # type: ignore[attr-defined]
-        return line
-    except (ImportError, AttributeError):
-        pass
-    drawn = [False]
-
-    def show(info: Any, alive: int = 0) -> None:
-        if info is None:
-            if drawn[0]:
-                sys.stderr.write("\n")
-            return
-        c = info.counts
-        eta = "?" if info.eta_s is None else f"{info.eta_s:.0f}s"
-        sys.stderr.write(
-            f"\r{job_name} {batch_id}: {info.done}/{info.total} done, {c['failed'] + c['errors']} failed, "
-            f"{c['running']} in flight, {info.rate:.1f}/s, {c['tokens']} tokens, {alive} workers, ETA {eta}  "
-        )
-        sys.stderr.flush()
-        drawn[0] = True
-
-    return show
