@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -306,7 +307,7 @@ def load_job(path: str | Path) -> Job:
     tasks = checker.run()
     problems += checker.problems
     if problems:
-        raise JobFileError(sorted(problems, key=lambda p: (p.path != shown, p.path, p.line or 0)))
+        raise JobFileError(sorted(problems, key=lambda p: (p.path != shown, p.path, p.line or math.inf)))
     assert job is not None
     job._source, job._digest, job._tasks = source, checker.digest(raw), tasks
     job._datasets, job._warnings = checker.datasets, checker.warnings
@@ -336,6 +337,11 @@ def assistant_specs(job: Job) -> list[AssistantSpec]:
 def job_schema() -> dict[str, Any]:
     """The JSON Schema of a job file (what `runner schema` prints)."""
     schema = Job.model_json_schema()
+    rules = schema["$defs"].get("SimulatorRules", {}).get("properties", {}).get("rules")
+    if isinstance(rules, dict):  # runner.simulator.rules leaves it undescribed
+        rules.setdefault(
+            "description", "Reply rules; the first whose `when` matches the latest user message wins."
+        )
     return {"$schema": schema.pop("$schema"), **schema}
 
 

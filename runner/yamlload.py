@@ -289,9 +289,11 @@ class _Builder:
             raw = self.scalar(key_node, path)
             key = _key_str(raw)
             line = key_node.start_mark.line + 1
-            if key in first and id(key_node) in own:
-                self.problem(key_node, (*path, key), f"duplicate key {key!r} (first at line {first[key]})")
-            first.setdefault(key, line)
+            if id(key_node) in own:  # keys merged in with << may be overridden
+                if key in first:
+                    what = f"duplicate key {key!r} (first at line {first[key]})"
+                    self.problem(key_node, (*path, key), what)
+                first.setdefault(key, line)
             self.loc.lines[(*path, key)] = line
             out[key] = self.build(value_node, (*path, key))
         return out
