@@ -98,7 +98,7 @@ def write_html(
 def _header(records: Sequence[Record], jobs: str, source: str) -> str:
     batches = sorted({r["batch_id"] for r in records})
     meta = [
-        ("batch", batches[0] if len(batches) == 1 else f"{len(batches)} batches"),
+        ("batch", batches[0] if len(batches) == 1 else f"{len(batches)} batches" if batches else "-"),
         ("api", ", ".join(sorted({r["api"] for r in records}))),
         ("model", ", ".join(sorted({r["model"] for r in records}))),
     ]

@@ -385,7 +385,7 @@ def _header(records: Sequence[Record]) -> str:
         return ", ".join(sorted({str(r[key]) for r in records}))  # type: ignore[literal-required]
 
     batches = sorted({r["batch_id"] for r in records})
-    batch = batches[0] if len(batches) == 1 else f"{len(batches)} batches"
+    batch = batches[0] if len(batches) == 1 else f"{len(batches)} batches" if batches else "-"
     return f"{names('job')} · batch {batch} · api {names('api')} · model {names('model')}"
 
 

@@ -100,6 +100,18 @@ def test_report_finish_run_prints_summary_writes_reports_and_honours_fail_under(
     assert finish_run(outcome, RunOptions(fail_under=0.5)) == 1
 
 
+def test_report_finish_run_with_no_conversations_still_writes_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junit, html = tmp_path / "j.xml", tmp_path / "r.html"
+    outcome = RunOutcome(batch_id="b", output=tmp_path / "o.jsonl", records=[], wall_s=0.0)
+    assert finish_run(outcome, RunOptions(junit=str(junit), html=str(html))) == 0
+    assert capsys.readouterr().out.startswith(
+        "0 conversations: 0 passed, 0 failed, 0 errors; 0 tokens; 0.0s\n"
+    )
+    assert 'tests="0"' in junit.read_text() and "No turn latencies recorded." in html.read_text()
+
+
 def test_report_run_command_writes_reports(runs: Runs, tmp_path: Path) -> None:
     out, junit, html = tmp_path / "o.jsonl", tmp_path / "j.xml", tmp_path / "r.html"
     args = ["run", str(runs.job_file), "--inline", "--simulate", "--no-progress", "-o", str(out)]
