@@ -173,7 +173,9 @@ def _build(root: Path) -> Runs:
     )
     # The edit: refunds now answered with "60 days" and no word "refund": refund-ok regresses
     # (contains: refund), refund-wrong improves (contains: 60 days); html-reply removed, brand-new added.
-    changed_text = MAIN_JOB.format(api="assistants", extra=CHANGED_EXTRA, refund_reply="Returns within 60 days.")
+    changed_text = MAIN_JOB.format(
+        api="assistants", extra=CHANGED_EXTRA, refund_reply="Returns within 60 days."
+    )
     root.mkdir(parents=True, exist_ok=True)
     job_file = root / "report-demo.yaml"
     main = _run(main_text, job_file, root / "main.jsonl")
