@@ -14,7 +14,10 @@ from runner.cli import main
     "--html", "html_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report."
 )
 @click.option(
-    "--fail-under", type=click.FloatRange(0, 1), help="Exit 1 only when the pass rate is below this."
+    "--fail-under",
+    type=click.FloatRange(0, 1),
+    metavar="RATE",
+    help="Exit 1 only when the pass rate (0-1, of conversations with checks) is below RATE.",
 )
 @click.option(
     "--prices",
