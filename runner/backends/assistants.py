@@ -206,6 +206,7 @@ class _Wait:
         self.messages: dict[str, str] = {}  # message id → text, in creation order (streaming)
         self.have_text = False
         self.poll_s: float | None = None
+        self.phase_started = time.monotonic()  # when the run was created, or tool outputs submitted
 
 
 class AssistantsConversation(Conversation):
@@ -226,8 +227,7 @@ class AssistantsConversation(Conversation):
         self.context_chars += len(user)
         max_tries = max(1, self.task.limits.max_attempts)
         for attempt in range(max_tries):
-            started = time.monotonic()
-            deadline = started + self.deadline_s
+            deadline = time.monotonic() + self.deadline_s
             tag = {**self.tag, "runner_turn": str(index), "runner_try": str(attempt)}
             estimate = estimate_tokens("x" * self.context_chars) + EXPECTED_COMPLETION_TOKENS
             result.estimated_tokens += estimate
@@ -235,8 +235,6 @@ class AssistantsConversation(Conversation):
             state = self._create_run(user if attempt == 0 else None, tag, estimate, deadline)
             self._drive(state, tag, deadline, result)
             run = state.run
-            if run.status == "completed":
-                self.backend.pacer.observe(time.monotonic() - started)
             result.run_id, result.run_status = run.id, run.status
             result.add_usage(usage_of(run.usage))
             code = run.last_error.code if run.status == "failed" and run.last_error else None
@@ -394,6 +392,7 @@ class AssistantsConversation(Conversation):
 
     def _submit(self, state: _Wait, outputs: list[dict[str, str]], deadline: float) -> None:
         run_id, thread_id = state.run.id, state.run.thread_id
+        state.phase_started = time.monotonic()
         if self.stream:
             stream = self.caller.call(
                 lambda: self.runs.submit_tool_outputs(
@@ -426,6 +425,8 @@ class AssistantsConversation(Conversation):
                 name, data = event.event, event.data
                 if name.startswith("thread.run.") and not name.startswith("thread.run.step"):
                     state.run = data
+                    if data.status not in ACTIVE:  # a stream sees the exact moment
+                        self.backend.pacer.observe(time.monotonic() - state.phase_started)
                 elif name == "thread.message.delta":
                     for part in data.delta.content or []:
                         value = getattr(getattr(part, "text", None), "value", None)
@@ -464,7 +465,8 @@ class AssistantsConversation(Conversation):
 
     def _poll(self, state: _Wait, deadline: float) -> None:
         """GET the run until it leaves the active states or the deadline passes (see `Pacer`)."""
-        began = time.monotonic()
+        began = state.phase_started
+        active_seen = time.monotonic()
         polls = 0
         while state.run.status in ACTIVE:
             now = time.monotonic()
@@ -474,6 +476,10 @@ class AssistantsConversation(Conversation):
             self.caller.sleep(min(wait, deadline - now))
             self._retrieve(state)
             polls += 1
+            if state.run.status in ACTIVE:
+                active_seen = time.monotonic()
+            else:  # it ended between the last two looks: take the middle
+                self.backend.pacer.observe((active_seen + time.monotonic()) / 2 - began)
 
     def _cancel(self, state: _Wait) -> None:
         """Cancel the run and wait (briefly) for it to settle; a run already ended is just read."""

@@ -135,8 +135,7 @@ class ResponsesConversation(Conversation):
         if self.thread_id is None:
             conversations: Any = self.backend.client.conversations
             self.thread_id = self.caller.call(lambda: conversations.create(metadata=self.tag)).id
-        started = time.monotonic()
-        deadline = started + self.deadline_s
+        deadline = time.monotonic() + self.deadline_s
         self.context_chars += len(user)
         turn_input: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": user}]
         text: list[str] = []
@@ -153,9 +152,7 @@ class ResponsesConversation(Conversation):
                 result.run_status = out.status
                 result.status = "cancelled" if out.status != "completed" else "completed"
                 if out.status != "completed":
-                    result.error = (
-                        f"response {out.id} still active after run_timeout_s={self.deadline_s:g}s: cancelled"
-                    )
+                    result.error = f"response {out.id} still active after run_timeout_s={self.deadline_s:g}s"
                     return
             text.extend(out.text)
             if out.status != "completed":
@@ -182,7 +179,6 @@ class ResponsesConversation(Conversation):
                 )
         else:
             raise BackendError(f"the model kept calling tools after {MAX_TOOL_ROUNDS} rounds")
-        self.backend.pacer.observe(time.monotonic() - started)
         result.status = "completed"
         result.assistant = "".join(text)
         self.context_chars += len(result.assistant)
@@ -202,9 +198,10 @@ class ResponsesConversation(Conversation):
 
     def _respond(self, turn_input: list[dict[str, Any]], estimate: int, deadline: float) -> _Outcome:
         body = self._body(turn_input)
+        asked = time.monotonic()
 
         def reconcile() -> _Outcome | None:
-            return self._find_in_items(turn_input)
+            return self._find_in_items(turn_input, deadline)
 
         if self.stream:
             timeout = stream_timeout(deadline)
@@ -215,7 +212,7 @@ class ResponsesConversation(Conversation):
             )
             if isinstance(stream, _Outcome):
                 return stream
-            return self._consume(stream, deadline)
+            return self._consume(stream, deadline, asked)
         raw = self.caller.call(
             lambda: self.responses.with_raw_response.create(background=True, **body),
             tokens=estimate,
@@ -224,9 +221,9 @@ class ResponsesConversation(Conversation):
         if isinstance(raw, _Outcome):
             return raw
         out = _Outcome.of(raw.parse(), poll_after_s(raw.headers))
-        return self._poll(out, deadline)
+        return self._poll(out, deadline, asked)
 
-    def _consume(self, stream: Any, deadline: float) -> _Outcome:
+    def _consume(self, stream: Any, deadline: float, asked: float) -> _Outcome:
         out = _Outcome()
         kind = ""
         try:
@@ -236,6 +233,7 @@ class ResponsesConversation(Conversation):
                 if response is not None:
                     out = _Outcome.of(response)
                     if out.status not in ACTIVE:
+                        self.backend.pacer.observe(time.monotonic() - asked)  # a stream sees the moment
                         break
                 if time.monotonic() >= deadline:
                     break
@@ -245,7 +243,7 @@ class ResponsesConversation(Conversation):
             if out.id is None:
                 raise
             # The stream broke after the response began: read it (it is stored) until it ends.
-            return self._poll(out, deadline)
+            return self._poll(out, deadline, asked)
         finally:
             stream.close()
         if kind == "error" and out.id is None:
@@ -257,8 +255,11 @@ class ResponsesConversation(Conversation):
         raw = self.caller.call(lambda: self.responses.with_raw_response.retrieve(rid))
         return _Outcome.of(raw.parse(), poll_after_s(raw.headers) or out.poll_s)
 
-    def _poll(self, out: _Outcome, deadline: float) -> _Outcome:
-        began = time.monotonic()
+    def _poll(self, out: _Outcome, deadline: float, asked: float | None = None) -> _Outcome:
+        """GET the response until it ends or the deadline passes (see `Pacer`); `asked` is when it
+        was created (None: a cancel being awaited, which teaches the pacer nothing)."""
+        began = asked if asked is not None else time.monotonic()
+        active_seen = time.monotonic()
         polls = 0
         while out.status in ACTIVE:
             now = time.monotonic()
@@ -267,11 +268,18 @@ class ResponsesConversation(Conversation):
             self.caller.sleep(min(self.backend.pacer.wait_s(now - began, polls, out.poll_s), deadline - now))
             out = self._retrieve(out)
             polls += 1
+            if out.status in ACTIVE:
+                active_seen = time.monotonic()
+            elif asked is not None:  # it ended between the last two looks: take the middle
+                self.backend.pacer.observe((active_seen + time.monotonic()) / 2 - began)
         return out
 
     def _cancel(self, out: _Outcome) -> _Outcome:
         """Cancel a response that outlived its deadline (only background responses can be)."""
         rid = out.id
+        if rid is None:  # known only from the conversation's items: nothing to cancel by id
+            out.status = "cancelled"
+            return out
         try:
             cancelled = _Outcome.of(self.caller.call(lambda: self.responses.cancel(rid)))
         except openai.BadRequestError:
@@ -283,10 +291,32 @@ class ResponsesConversation(Conversation):
             cancelled.status = "cancelled"
         return cancelled
 
-    def _find_in_items(self, turn_input: list[dict[str, Any]]) -> _Outcome | None:
+    def _find_in_items(self, turn_input: list[dict[str, Any]], deadline: float) -> _Outcome | None:
         """After an unanswered create: if our input reached the conversation, the reply that
-        followed it is the response's; None means send again. Our user message is recognised by
-        count (the same text may have been sent in an earlier turn), a tool output by call id."""
+        follows it is the response's (waited for, paced, until the deadline); None means send
+        again. Our user message is recognised by count (the same text may have been sent in an
+        earlier turn), a tool output by call id."""
+        began = time.monotonic()
+        checks = 0
+        while True:
+            items = self._all_items()
+            mine = self._position_of(items, turn_input[-1])
+            if mine is None:
+                return None  # it never arrived: send it
+            out = _Outcome()
+            for item in items[mine + 1 :]:
+                out.add_item(item)
+            if out.text or out.calls:
+                out.status = "completed"
+                return out
+            now = time.monotonic()
+            if now >= deadline:
+                out.status = "in_progress"  # arrived, but no reply in time: cancelled as overdue
+                return out
+            self.caller.sleep(min(self.backend.pacer.wait_s(now - began, checks, None), deadline - now))
+            checks += 1
+
+    def _all_items(self) -> list[Any]:
         conv = self.thread_id
         items: list[Any] = []
         after: str | None = None
@@ -297,9 +327,10 @@ class ResponsesConversation(Conversation):
             page = self.caller.call(lambda kw=kwargs: self.items.list(conv, **kw))
             items.extend(page.data)
             if not page.data or not page.has_more:
-                break
+                return items
             after = page.data[-1].id
-        last = turn_input[-1]
+
+    def _position_of(self, items: list[Any], last: dict[str, Any]) -> int | None:
         mine: int | None = None
         users = 0
         for i, item in enumerate(items):
@@ -311,12 +342,4 @@ class ResponsesConversation(Conversation):
                 users += 1
                 if users == self.user_messages + 1:
                     mine = i
-        if mine is None:
-            return None
-        out = _Outcome()
-        for item in items[mine + 1 :]:
-            out.add_item(item)
-        if not out.text and not out.calls:
-            return None  # our input is there but no reply (yet): nothing to take, ask again
-        out.status = "completed"
-        return out
+        return mine
