@@ -30,6 +30,7 @@ Cron (`cron_problem`, `parse_cron`): five fields (minute resolution) or six with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -160,6 +161,11 @@ return {0, cur}
 """
 """Renew our lease (1), take a free one (2), or report its holder (0)."""
 
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -235,6 +241,7 @@ class Scheduler:
         self._hold = self.redis.register_script(_HOLD)
         self._release = self.redis.register_script(_RELEASE)
         self._advance = self.redis.register_script(_ADVANCE)
+        self._renew = self.redis.register_script(_RENEW)
         self._load_all()
 
     # -- files --
@@ -524,9 +531,22 @@ class Scheduler:
             wake = min(wake, e.cron.next_after(now))
         return max(0.0, (wake - _aware(self.clock())).total_seconds())
 
+    def _keep_leases(self) -> None:
+        """Renew held leases on a clock of their own, so a slow enqueue (preparing assistants over
+        the API) never lets a lease lapse while its holder is alive; losses are noticed by `step`."""
+        ttl_ms = int(self.lease_ttl_s * 1000)
+        while not self._stop.wait(self.lease_ttl_s / 3):
+            for name in [e.name for e in self._entries if e.held and e.name]:
+                with contextlib.suppress(redis_lib.RedisError):  # the main loop reports outages
+                    self._renew(keys=[self._key(str(name), ":lease")], args=[self.holder, ttl_ms])
+
     def run(self) -> None:
         """Loop until `stop()`; leases are released on the way out."""
+        if self.enqueue is None:  # import the queue and engine now, not during the first tick
+            threading.Thread(target=_preload, name="schedule-preload", daemon=True).start()
         sleep = self.sleep or self._stop.wait
+        keeper = threading.Thread(target=self._keep_leases, name="schedule-leases", daemon=True)
+        keeper.start()
         down = False
         try:
             while not self._stop.is_set():
@@ -545,10 +565,17 @@ class Scheduler:
                 if not self._stop.is_set():
                     sleep(delay)
         finally:
+            self._stop.set()
+            keeper.join()
             self.release()
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _preload() -> None:
+    import runner.engine
+    import runner.queue  # noqa: F401
 
 
 def _aware(t: datetime) -> datetime:
