@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import re
+import ssl
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,7 @@ RESPONSE_SCHEMAS: list[tuple[str, str, str]] = [
     ("DELETE", rf"/conversations/{_ID}/items/{_ID}", "ConversationResource"),
     ("POST", r"/responses", "Response"),
     ("GET", rf"/responses/{_ID}", "Response"),
+    ("DELETE", rf"/responses/{_ID}", ""),  # the spec documents a bare 200 without a body schema
     ("POST", rf"/responses/{_ID}/cancel", "Response"),
     ("GET", rf"/responses/{_ID}/input_items", "ResponseItemList"),
     ("POST", r"/chat/completions", "CreateChatCompletionResponse"),
@@ -267,8 +269,10 @@ class TrafficValidator:
         name = schema_for(request.method, path)
         if name is None:
             self.unknown.append(where)
-            return
-        self.check(name, body, where)
+        elif name == "":
+            self.checked["(no schema in the spec)"] += 1
+        else:
+            self.check(name, body, where)
 
     def _event(self, event: str | None, data: str, chat: bool, where: str) -> None:
         where = f"{where} event {event or 'data'}"
@@ -302,12 +306,18 @@ class TrafficValidator:
         assert not problems, "responses that do not match the OpenAPI schemas:\n" + "\n".join(problems[:30])
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for all test clients: building one per client costs ~0.2 s (unused on http://)."""
+    return ssl.create_default_context()
+
+
 def checked_client(
     base_url: str, api_key: str = "sk-test", validator: TrafficValidator | None = None, **kwargs: Any
 ) -> tuple[openai.OpenAI, TrafficValidator]:
     """A real SDK client (max_retries=0 unless given) whose every response is schema-checked."""
     validator = validator or TrafficValidator()
-    http = httpx2.Client(event_hooks={"response": [validator]}, timeout=30)
+    http = httpx2.Client(event_hooks={"response": [validator]}, timeout=30, verify=_tls_context())
     kwargs.setdefault("max_retries", 0)
     client = openai.OpenAI(base_url=base_url, api_key=api_key, http_client=http, **kwargs)
     return client, validator

@@ -18,7 +18,7 @@ from typing import Any
 
 from runner.simulator.core import CANCEL_DELAY_S, Simulator
 from runner.simulator.http import SERVER_ERROR_MESSAGE, bad_request, dumps
-from runner.simulator.replies import Plan, count_tokens
+from runner.simulator.replies import Plan, chunk_text, count_tokens
 
 ACTIVE = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
 TERMINAL = frozenset({"cancelled", "failed", "completed", "incomplete", "expired"})
@@ -347,6 +347,17 @@ def _done(sim: Simulator, run: Run, at: float) -> None:
         _finish(run, "completed", at)
 
 
+def delta_schedule(run: Run) -> list[tuple[float, str]]:
+    """The reply's chunks and when each is written: spread evenly over the in-progress time."""
+    chunks = chunk_text(run.message_final)
+    span = max(0.0, run.phase_done - run.phase_start)
+    return [(run.phase_start + span * (i + 1) / (len(chunks) + 1), c) for i, c in enumerate(chunks)]
+
+
+def written_by(run: Run, at: float) -> str:
+    return "".join(c for due, c in delta_schedule(run) if due <= at)
+
+
 def _finish(run: Run, status: str, at: float) -> None:
     """Move to a terminal status; the message and steps follow, the thread is unlocked."""
     _set_status(run, status)
@@ -361,8 +372,9 @@ def _finish(run: Run, status: str, at: float) -> None:
         run.cancelled_at = ts
     msg = run.message
     if msg is not None and msg["status"] == "in_progress":
-        if status in ("completed", "incomplete"):
-            msg["content"] = [text_part(run.message_final)]
+        written = run.message_final if status in ("completed", "incomplete") else written_by(run, at)
+        if written:  # an interrupted message keeps what was written (streamed) so far
+            msg["content"] = [text_part(written)]
         if status == "completed":
             msg["status"], msg["completed_at"] = "completed", ts
         else:

@@ -49,6 +49,20 @@ def bind(host: str, port: int) -> socket.socket:
         raise SimulatorError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a stop request wakes its main loop at once (not on a 0.1 s tick)."""
+
+    wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self.wake = asyncio.Event()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), 0.1)
+
+
 class RunningSimulator:
     """A simulator serving in this process. Use as a context manager, or call `stop()`."""
 
@@ -56,7 +70,7 @@ class RunningSimulator:
         self.simulator = simulator
         self.host = host
         self.port = port
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
@@ -111,7 +125,7 @@ class RunningSimulator:
             timeout_graceful_shutdown=2,
             backlog=BACKLOG,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config)
         self._thread = threading.Thread(
             target=self._serve, args=(sock,), name=f"simulator-{self.port}", daemon=True
         )
@@ -129,11 +143,18 @@ class RunningSimulator:
         if self._stopped:
             return
         self._stopped = True
+        server = self._server
+        if server is not None:
+            server.should_exit = True
         if self._loop is not None and not self._loop.is_closed():
+
+            def wake() -> None:
+                self.simulator.closing_event().set()
+                if server is not None and server.wake is not None:
+                    server.wake.set()
+
             with contextlib.suppress(RuntimeError):  # the loop may just have closed
-                self._loop.call_soon_threadsafe(lambda: self.simulator.closing_event().set())
-        if self._server is not None:
-            self._server.should_exit = True
+                self._loop.call_soon_threadsafe(wake)
         if self._thread is not None:
             self._thread.join(STOP_TIMEOUT_S)
             if self._thread.is_alive() and self._server is not None:

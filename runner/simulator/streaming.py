@@ -14,23 +14,19 @@ from typing import Any
 
 from runner.simulator.core import Simulator, sleep_or_close
 from runner.simulator.http import sse
-from runner.simulator.replies import chunk_text
-from runner.simulator.runs import TERMINAL, Run, advance, next_transition
+from runner.simulator.runs import TERMINAL, Run, advance, delta_schedule, next_transition
 
 _END_EVENTS = {f"thread.run.{s}" for s in TERMINAL} | {"thread.run.requires_action"}
 IDLE_WAKE_S = 1.0
 
 
-def _deltas(run: Run, message_id: str) -> deque[tuple[float, bytes]]:
+def _deltas(run: Run, message_id: str) -> deque[tuple[float, str, bytes]]:
     """The message's deltas, each due at its share of the in-progress time."""
-    chunks = chunk_text(run.message_final)
-    span = max(0.0, run.phase_done - run.phase_start)
-    out: deque[tuple[float, bytes]] = deque()
-    for i, chunk in enumerate(chunks):
-        due = run.phase_start + span * (i + 1) / (len(chunks) + 1)
+    out: deque[tuple[float, str, bytes]] = deque()
+    for due, chunk in delta_schedule(run):
         delta = {"index": 0, "type": "text", "text": {"value": chunk}}
         data = {"id": message_id, "object": "thread.message.delta", "delta": {"content": [delta]}}
-        out.append((due, sse("thread.message.delta", data)))
+        out.append((due, chunk, sse("thread.message.delta", data)))
     return out
 
 
@@ -41,7 +37,8 @@ async def stream_run(
     for name, data in prefix:
         yield sse(name, data)
     index = start
-    pending: deque[tuple[float, bytes]] = deque()
+    pending: deque[tuple[float, str, bytes]] = deque()
+    sent = 0  # characters of the current message sent as deltas
     while True:
         advance(sim, run, sim.now())
         events = run.events or []
@@ -49,19 +46,21 @@ async def stream_run(
             name, data = events[index]
             index += 1
             if name in ("thread.message.completed", "thread.message.incomplete"):
-                if data["content"]:  # the text made it: send what is left of it first
-                    while pending:
-                        yield pending.popleft()[1]
+                final = sum(len(p["text"]["value"]) for p in data["content"] if p["type"] == "text")
+                while pending and sent < final:  # deltas up to what the message holds in the end
+                    sent += len(pending[0][1])
+                    yield pending.popleft()[2]
                 pending.clear()
             yield sse(name, data)
             if name == "thread.message.in_progress":
-                pending = _deltas(run, data["id"])
+                pending, sent = _deltas(run, data["id"]), 0
             if name in _END_EVENTS:
                 yield sse("done", "[DONE]")
                 return
         now = sim.now()
         while pending and pending[0][0] <= now:
-            yield pending.popleft()[1]
+            sent += len(pending[0][1])
+            yield pending.popleft()[2]
         due = [t for t in (next_transition(run), pending[0][0] if pending else None) if t is not None]
         wait = (min(due) - now) if due else IDLE_WAKE_S
         if not await sleep_or_close(sim, max(0.0, wait), run.wake_event()):
