@@ -103,13 +103,14 @@ def test_backend_responses_response_outliving_its_timeout_is_cancelled(
     assert client.responses.retrieve(slow["run_id"]).status == "cancelled"
 
 
-def test_backend_responses_failed_response_is_recorded(
+def test_backend_responses_failed_response_is_asked_again_then_recorded(
     sim_factory: Callable[..., RunningSimulator], openai_client: Callable[..., openai.OpenAI]
 ) -> None:
     sim = sim_factory(rules=RULES)
-    task = make_task(Api.RESPONSES, turns("this is broken", "never sent"))
+    task = make_task(Api.RESPONSES, turns("this is broken", "never sent"), max_attempts=2)
     record = run_conversation(task, batch_id="b1", limiter=Unlimited(), client=openai_client(sim))
     assert (record["status"], record["passed"]) == ("failed", False)
+    assert sim.stats()["by_route"]["POST /v1/responses"] == 2  # a server_error is asked again, once
     turn = record["turns"][0]
     assert turn["run_status"] == "failed"
     assert turn["error"].startswith(f"response {turn['run_id']} failed: server_error: ")

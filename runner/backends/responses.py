@@ -3,7 +3,8 @@
 A conversation object per task (`POST /conversations`; its id is the record's `thread_id`); per
 turn a response with `conversation`, `instructions`, `tools` and `model`, the user message as
 `input`. Function calls are answered with `function_call_output` items from the conversation's
-`tool_outputs`, in a follow-up response on the same conversation.
+`tool_outputs`, in a follow-up response on the same conversation. A response that fails with a
+transient error (server_error) is asked again with no new input, up to `max_attempts`.
 
 Responses are created with `background: true`, so one that outlives `run_timeout_s` can be
 cancelled, and one whose stream broke can be read again. Waiting (`RUNNER_RESPONSES_WAIT`):
@@ -13,8 +14,8 @@ Function tools are converted from the job's shape `{type, function: {name, …}}
 shape `{type, name, description, parameters, strict}`.
 
 A response create that got no answer may have added our input to the conversation; before sending
-it again the newest conversation items are read, and if our input is there the reply that followed
-it is taken from the items instead of asking twice.
+it again the conversation's items are read, and if our input is there the reply that follows it is
+taken from the items instead of asking twice.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from runner.backends import (
     usage_of,
 )
 from runner.errors import BackendError
-from runner.retry import Caller
+from runner.retry import Caller, backoff_s
 from runner.tasks import Api, ConversationTask
 from runner.transcripts import ToolCallRecord
 
@@ -49,6 +50,8 @@ WAIT_MODES = ("stream", "poll")
 
 ACTIVE = frozenset({"queued", "in_progress"})
 MAX_TOOL_ROUNDS = 16
+TRANSIENT_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
+"""A response that failed with one of these is asked again (up to `max_attempts`)."""
 CANCEL_WAIT_S = 5.0
 
 
@@ -78,6 +81,7 @@ class _Outcome:
         self.calls: list[dict[str, str]] = []  # {call_id, name, arguments}
         self.usage: Any = None
         self.error: str | None = None
+        self.error_code: str | None = None
         self.poll_s: float | None = None
 
     @classmethod
@@ -88,7 +92,8 @@ class _Outcome:
             out.add_item(item)
         err = getattr(response, "error", None)
         if err is not None:
-            out.error = f"{getattr(err, 'code', None)}: {getattr(err, 'message', None)}"
+            out.error_code = getattr(err, "code", None)
+            out.error = f"{out.error_code}: {getattr(err, 'message', None)}"
         details = getattr(response, "incomplete_details", None)
         if details is not None and out.status == "incomplete":
             out.error = f"incomplete: {getattr(details, 'reason', None) or 'no reason given'}"
@@ -130,6 +135,7 @@ class ResponsesConversation(Conversation):
         self.stream = backend.wait == "stream"
         self.context_chars = len(task.assistant.instructions or "")
         self.user_messages = 0  # user messages known to be in the conversation
+        self.max_attempts = max(1, task.limits.max_attempts)
 
     def _turn(self, index: int, user: str, result: TurnResult) -> None:
         if self.thread_id is None:
@@ -139,6 +145,7 @@ class ResponsesConversation(Conversation):
         self.context_chars += len(user)
         turn_input: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": user}]
         text: list[str] = []
+        reruns = 0
         for round_ in range(MAX_TOOL_ROUNDS):
             estimate = estimate_tokens("x" * self.context_chars) + EXPECTED_COMPLETION_TOKENS
             result.estimated_tokens += estimate
@@ -155,6 +162,16 @@ class ResponsesConversation(Conversation):
                     result.error = f"response {out.id} still active after run_timeout_s={self.deadline_s:g}s"
                     return
             text.extend(out.text)
+            if (
+                out.status == "failed"
+                and out.error_code in TRANSIENT_ERRORS
+                and reruns + 1 < self.max_attempts
+            ):
+                # A transient failure: ask again. Our input is already in the conversation.
+                self.caller.sleep(backoff_s(reruns))
+                reruns += 1
+                turn_input = []
+                continue
             if out.status != "completed":
                 result.status = out.status if out.status in ("failed", "cancelled", "incomplete") else "error"
                 result.error = f"response {out.id} {out.status}: {out.error or 'no error given'}"
@@ -296,6 +313,8 @@ class ResponsesConversation(Conversation):
         follows it is the response's (waited for, paced, until the deadline); None means send
         again. Our user message is recognised by count (the same text may have been sent in an
         earlier turn), a tool output by call id."""
+        if not turn_input:
+            return None  # nothing of ours to look for: asking again adds nothing to the conversation
         began = time.monotonic()
         checks = 0
         while True:
