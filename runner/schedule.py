@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 import uuid
@@ -584,86 +583,60 @@ def _aware(t: datetime) -> datetime:
 
 def _human(d: timedelta) -> str:
     s = int(d.total_seconds())
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 # --- status ---------------------------------------------------------------------------------------
 
 
 def schedule_status(redis: redis_lib.Redis) -> list[dict[str, Any]]:
-    """The schedules known to this Redis: job, cron, next tick, last batch and its result.
+    """The schedules known to this Redis (for `runner status`), one dict per job, sorted by name.
 
-    One dict per job, sorted by name: `job`, `cron`, `source`, `next_tick`, `last_tick`,
-    `last_batch`, `last_status` (enqueuing | enqueued | error), `last_error`, `holder` (the
-    scheduler holding the lease, or None when none runs) and `result` (the last batch's counts per
-    state from the queue, or None).
+    Keys: `job`, `cron`, `source`, `next_tick`, `last_tick`, `last_batch`, `last_status` (enqueuing |
+    enqueued | error), `last_error`, `holder` (the scheduler holding the lease, None when none runs),
+    `result` (the last batch's figures from `runner.queue.batch_status`, None once it expired) and
+    `summary` (one line for a table: the last batch's state and counts, or the enqueue error).
     """
+    from runner.queue import batch_status
+
     rows: list[dict[str, Any]] = []
     try:
-        names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in redis.smembers(SCHEDULES_KEY))
-        for name in names:
-            raw = redis.hgetall(f"{KEY_PREFIX}{name}")
-            h = {_s(k): _s(v) for k, v in raw.items()}
+        for name in sorted(_s(n) for n in redis.smembers(SCHEDULES_KEY)):
+            h = {_s(k): _s(v) for k, v in redis.hgetall(f"{KEY_PREFIX}{name}").items()}
             holder = redis.get(f"{KEY_PREFIX}{name}:lease")
-            rows.append(
-                {
-                    "job": name,
-                    "cron": h.get("cron"),
-                    "source": h.get("source"),
-                    "next_tick": h.get("next_tick"),
-                    "last_tick": h.get("last_tick"),
-                    "last_batch": h.get("last_batch") or None,
-                    "last_status": h.get("last_status"),
-                    "last_error": h.get("last_error") or None,
-                    "holder": _s(holder) if holder is not None else None,
-                    "result": _batch_result(redis, h.get("last_batch")),
-                }
-            )
+            row: dict[str, Any] = {"job": name, "holder": _s(holder) if holder is not None else None}
+            for key in (
+                "cron",
+                "source",
+                "next_tick",
+                "last_tick",
+                "last_batch",
+                "last_status",
+                "last_error",
+            ):
+                row[key] = h.get(key) or None
+            try:
+                row["result"] = batch_status(row["last_batch"], redis) if row["last_batch"] else None
+            except QueueError:
+                row["result"] = None
+            row["summary"] = _summary(row)
+            rows.append(row)
     except redis_lib.RedisError as err:
         raise QueueError(f"Redis unreachable: {err}") from err
     return rows
 
 
+def _summary(row: dict[str, Any]) -> str:
+    r = row["result"]
+    if row["last_status"] == "error":
+        return f"error: {row['last_error']}"
+    if r is None:
+        return row["last_status"] or "-"
+    counts = f"{r['passed']} passed, {r['failed']} failed, {r['errors']} errors"
+    if r["state"] in ("queued", "running"):
+        return f"{r['state']} {r['done']}/{r['total']}: {counts}"
+    return f"{r['state']}: {counts}" + (f" ({r['aborted']})" if r["aborted"] else "")
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _batch_result(redis: redis_lib.Redis, batch_id: str | None) -> dict[str, Any] | None:
-    """The last batch's figures from the queue (None once the batch expired)."""
-    from runner.queue import batch_status
-
-    if not batch_id:
-        return None
-    try:
-        return batch_status(batch_id, redis)
-    except QueueError:
-        return None
-
-
-# --- the command ----------------------------------------------------------------------------------
-
-
-def serve(
-    paths: Sequence[str | Path],
-    *,
-    redis: redis_lib.Redis,
-    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
-    collect: bool = True,
-) -> None:
-    """`runner schedule`: run a Scheduler until SIGINT/SIGTERM, then release its leases and return."""
-    scheduler = Scheduler(paths, redis, lease_ttl_s=lease_ttl_s, collect=collect)
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("stopping (%s)", signal.Signals(signum).name)
-        scheduler.stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        scheduler.run()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -433,6 +433,7 @@ def test_schedule_status_shows_job_cron_next_tick_last_batch_and_result(
     }
     assert row["holder"] == s.holder
     assert row["result"]["state"] == "queued" and row["result"]["total"] == 1
+    assert row["summary"] == "queued 0/1: 0 passed, 0 failed, 0 errors"
     s.release()
     assert schedule_status(r)[0]["holder"] is None
 
@@ -463,8 +464,8 @@ def test_schedule_cli_needs_a_redis_url(jobfile: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("REDIS_URL", raising=False)
     result = CliRunner().invoke(main, ["schedule", str(jobfile)])
     assert result.exit_code == 2
-    assert result.output == (
-        "error: runner schedule needs the Redis its workers use: give --redis-url or set REDIS_URL\n"
+    assert (
+        result.output == "error: `runner schedule` needs a shared Redis: pass --redis-url or set REDIS_URL\n"
     )
 
 

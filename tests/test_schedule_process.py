@@ -275,7 +275,7 @@ def test_schedule_batch_is_run_by_a_worker_and_collected_into_its_timestamped_js
     assert (record["batch_id"], record["conversation_id"]) == (batch_id, "nightly/greet#r0")
     assert (record["status"], record["passed"]) == ("completed", True)
     assert record["turns"][0]["assistant"] == "Hello! How can I help?"
-    assert schedule_status(r)[0]["result"]["state"] == "finished"
+    assert schedule_status(r)[0]["summary"] == "finished: 1 passed, 0 failed, 0 errors"
     # `runner collect` writes the same file again (idempotent), as an operator would after the fact.
     out.unlink()
     result = CliRunner().invoke(main, ["collect", batch_id, "--redis-url", redis_server.url])

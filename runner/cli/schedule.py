@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import click
 
@@ -44,12 +45,20 @@ def schedule(job_files: tuple[str, ...], redis_url: str | None, lease_ttl: float
       runner schedule jobs/*.yaml --redis-url "$REDIS_URL"
     """
     from runner.redis_server import connect
-    from runner.schedule import serve
+    from runner.schedule import Scheduler
 
     if not redis_url:
-        raise UsageError("runner schedule needs the Redis its workers use: give --redis-url or set REDIS_URL")
+        raise UsageError("`runner schedule` needs a shared Redis: pass --redis-url or set REDIS_URL")
     # Its log lines (one per tick enqueued or skipped) are the scheduler's output, whatever -v says.
     logger = logging.getLogger("runner.schedule")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    serve(job_files, redis=connect(redis_url), lease_ttl_s=lease_ttl, collect=collect)
+    scheduler = Scheduler(job_files, connect(redis_url), lease_ttl_s=lease_ttl, collect=collect)
+
+    def on_signal(signum: int, frame: object) -> None:
+        logger.info("stopping (%s)", signal.Signals(signum).name)
+        scheduler.stop()  # the loop ends, the leases are released, the command exits 0
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    scheduler.run()
