@@ -55,9 +55,7 @@ _backends: dict[tuple[int, str, str], Backend] = {}
 def make_client() -> openai.OpenAI:
     """A client from OPENAI_API_KEY / OPENAI_BASE_URL with the SDK's retries off (ours decide)."""
     if not os.environ.get("OPENAI_API_KEY"):
-        raise UsageError(
-            "OPENAI_API_KEY is not set (or use --simulate to run against the built-in simulator)"
-        )
+        raise UsageError("OPENAI_API_KEY is not set (or use --simulate to run against the simulator)")
     return openai.OpenAI(max_retries=0, timeout=REQUEST_TIMEOUT)
 
 
