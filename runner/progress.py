@@ -122,7 +122,7 @@ class Progress:
             )
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._stop.wait(max(self.every_s, TTY_REFRESH_S)):
             self._maybe_draw()
 
     def _maybe_draw(self) -> None:
