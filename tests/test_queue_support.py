@@ -109,10 +109,12 @@ def worker_pool(
     base_url: str,
     api_key: str = FAKE_KEY,
     burst: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Iterator[LocalWorkers]:
     """`runner worker -n N` as a subprocess, pointed at a simulator; stopped (and killed) afterwards."""
-    saved = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"] = base_url, api_key
+    extra = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": api_key, **(env or {})}
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
     workers = LocalWorkers(redis_url, processes, log_path, burst=burst)
     try:
         workers.start()
