@@ -51,13 +51,17 @@ HELLO_APP = textwrap.dedent(
 
 
 # -- load generator (runs in its own process) -----------------------------------------------------
-async def _client(host: str, port: int, paths: list[str], stop_at: float, record_from: float, out: dict) -> None:
+async def _client(
+    host: str, port: int, paths: list[str], stop_at: float, record_from: float, out: dict
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     requests = [
-        (f"GET {p} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
-         "OpenAI-Beta: assistants=v2\r\n\r\n").encode()
+        (
+            f"GET {p} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "OpenAI-Beta: assistants=v2\r\n\r\n"
+        ).encode()
         for p in paths
-    ]  # fmt: skip
+    ]
     i = 0
     try:
         while True:
@@ -79,7 +83,9 @@ async def _client(host: str, port: int, paths: list[str], stop_at: float, record
         writer.close()
 
 
-def _load(host: str, port: int, paths: list[str], clients: int, seconds: float, warmup: float, q: Any) -> None:
+def _load(
+    host: str, port: int, paths: list[str], clients: int, seconds: float, warmup: float, q: Any
+) -> None:
     try:
         import uvloop
 
@@ -92,7 +98,9 @@ def _load(host: str, port: int, paths: list[str], clients: int, seconds: float, 
         start = time.perf_counter()
         record_from, stop_at = start + warmup, start + warmup + seconds
         share = [paths[i::clients] or paths for i in range(clients)]
-        await asyncio.gather(*(_client(host, port, share[i], stop_at, record_from, out) for i in range(clients)))
+        await asyncio.gather(
+            *(_client(host, port, share[i], stop_at, record_from, out) for i in range(clients))
+        )
         return out
 
     q.put(asyncio.run(main()))
@@ -149,10 +157,13 @@ def completed_runs(base_url: str, count: int) -> list[str]:
     """Create `count` runs (one per thread) and wait until they are completed; returns their paths."""
     headers = {"Authorization": f"Bearer {API_KEY}", "OpenAI-Beta": "assistants=v2"}
     with httpx2.Client(base_url=base_url, headers=headers, timeout=30) as http:
-        aid = http.post("/assistants", json={"model": "gpt-4o-mini", "instructions": "Be brief."}).json()["id"]
+        assistant = http.post("/assistants", json={"model": "gpt-4o-mini", "instructions": "Be brief."})
+        aid = assistant.json()["id"]
         paths = []
         for i in range(count):
-            thread = http.post("/threads", json={"messages": [{"role": "user", "content": f"hello {i}"}]}).json()
+            thread = http.post(
+                "/threads", json={"messages": [{"role": "user", "content": f"hello {i}"}]}
+            ).json()
             run = http.post(f"/threads/{thread['id']}/runs", json={"assistant_id": aid}).json()
             paths.append(f"/v1/threads/{thread['id']}/runs/{run['id']}")
         time.sleep(0.3)
@@ -175,16 +186,24 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     args = ap.parse_args()
-    common = {"bench": "simulator_load", "clients": args.clients, "seconds": args.seconds, "cpus": os.cpu_count(),
-              "server": "separate process, uvicorn httptools+uvloop, 1 worker",
-              "client": "separate process, asyncio+uvloop raw HTTP/1.1 keep-alive, 1 connection per client"}  # fmt: skip
+    common = {
+        "bench": "simulator_load",
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "server": "separate process, uvicorn httptools+uvloop, 1 worker",
+        "client": "separate process, asyncio+uvloop raw HTTP/1.1 keep-alive, 1 connection per client",
+    }
 
     port = free_port()
     hello = start_hello_process(port)
     try:
-        paths = [f"/hello"] * args.clients
+        paths = ["/hello"] * args.clients
         result = measure("127.0.0.1", port, paths, args.clients, args.seconds, args.warmup)
-        print(json.dumps({**common, "config": "baseline: starlette hello on the same stack", **result}), flush=True)
+        print(
+            json.dumps({**common, "config": "baseline: starlette hello on the same stack", **result}),
+            flush=True,
+        )
     finally:
         hello.terminate()
         hello.wait()
@@ -197,9 +216,10 @@ def main() -> None:
         result = measure(host, int(port), paths, args.clients, args.seconds, args.warmup)
         stats = httpx2.get(base_url.removesuffix("/v1") + "/_simulator/stats").json()
         counted = stats["by_route"].get("GET /v1/threads/{thread_id}/runs/{run_id}", 0)
-        print(json.dumps({**common, "config": "simulator: GET /v1/threads/{thread_id}/runs/{run_id}", **result,
-                          "server_counted": counted, "counts_match": counted == result["sent_total"]}),
-              flush=True)  # fmt: skip
+        config = "simulator: GET /v1/threads/{thread_id}/runs/{run_id}"
+        line = {**common, "config": config, **result, "server_counted": counted}
+        line["counts_match"] = counted == result["sent_total"]
+        print(json.dumps(line), flush=True)
     finally:
         sim.terminate()
         sim.wait()

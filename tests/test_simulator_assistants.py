@@ -25,14 +25,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 
 RULES = {
     "rules": [
-        {"when": "(?i)order", "call": "lookup_order", "arguments": {"order_id": "A1"},
-         "then": "Your order is {{tool_output}}."},
+        {
+            "when": "(?i)order",
+            "call": "lookup_order",
+            "arguments": {"order_id": "A1"},
+            "then": "Your order is {{tool_output}}.",
+        },
         {"when": "(?i)refund", "reply": "Refunds are accepted within 30 days."},
         {"when": "(?i)explode", "fail": True},
         {"when": "(?i)essay", "reply": "word " * 400},
     ],
     "default": "You said: {{message}}",
-}  # fmt: skip
+}
 
 
 @pytest.fixture

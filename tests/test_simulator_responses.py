@@ -11,13 +11,17 @@ import pytest
 
 RULES = {
     "rules": [
-        {"when": "(?i)order", "call": "lookup_order", "arguments": {"order_id": "A1"},
-         "then": "Your order is {{tool_output}}."},
+        {
+            "when": "(?i)order",
+            "call": "lookup_order",
+            "arguments": {"order_id": "A1"},
+            "then": "Your order is {{tool_output}}.",
+        },
         {"when": "(?i)refund", "reply": "Refunds are accepted within 30 days."},
         {"when": "(?i)explode", "fail": True},
     ],
     "default": "You said: {{message}}",
-}  # fmt: skip
+}
 RESPONSE_TOOLS = [
     {
         "type": "function",
@@ -92,12 +96,16 @@ def test_simulator_response_foreground_turns_in_a_conversation(client):
 
 def test_simulator_response_function_call_answered_by_output_item(client):
     conv = client.conversations.create()
-    first = client.responses.create(model="gpt-4o-mini", conversation=conv.id, input="where is my order",
-                                    tools=RESPONSE_TOOLS)  # fmt: skip
+    first = client.responses.create(
+        model="gpt-4o-mini", conversation=conv.id, input="where is my order", tools=RESPONSE_TOOLS
+    )
     (call,) = first.output
     assert (call.type, call.name, call.arguments, call.status) == (
-        "function_call", "lookup_order", '{"order_id":"A1"}', "completed",
-    )  # fmt: skip
+        "function_call",
+        "lookup_order",
+        '{"order_id":"A1"}',
+        "completed",
+    )
     second = client.responses.create(
         model="gpt-4o-mini",
         conversation=conv.id,
@@ -190,8 +198,10 @@ def test_simulator_chat_tool_call_answered_by_tool_message(client):
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     (tc,) = choice.message.tool_calls
     assert (tc.function.name, tc.function.arguments) == ("lookup_order", '{"order_id":"A1"}')
-    history += [choice.message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": tc.id,
-                                                                "content": "delivered"}]  # fmt: skip
+    history += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": tc.id, "content": "delivered"},
+    ]
     second = client.chat.completions.create(model="gpt-4o-mini", messages=history, tools=CHAT_TOOLS)
     assert second.choices[0].message.content == "Your order is delivered."
     assert second.choices[0].finish_reason == "stop"
@@ -207,17 +217,26 @@ def test_simulator_chat_without_declared_tool_replies_instead(client):
 @pytest.mark.parametrize(
     ("messages", "fragment"),
     [
-        ([{"role": "tool", "tool_call_id": "call_1", "content": "x"}], "must be a response to a preceeding message"),
         (
-            [{"role": "user", "content": "hi"},
-             {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
-                                                   "function": {"name": "f", "arguments": "{}"}}]},
-             {"role": "user", "content": "and?"}],
+            [{"role": "tool", "tool_call_id": "call_1", "content": "x"}],
+            "must be a response to a preceeding message",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "user", "content": "and?"},
+            ],
             "did not have response messages: call_1",
         ),
         ([], "Missing required parameter: 'messages'."),
     ],
-)  # fmt: skip
+)
 def test_simulator_chat_invalid_histories_are_400(client, messages, fragment):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="gpt-4o-mini", messages=messages)

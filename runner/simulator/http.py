@@ -166,6 +166,10 @@ class DroppedConnection(Response):
         if transport is None:  # not uvicorn's httptools/h11 cycle: fall back to a bare 500
             await super().__call__(scope, receive, send)
             return
+        while True:  # read the request out first: closing on unread bytes would send a RST, not a FIN
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
         transport.close()
         for _ in range(20):  # let connection_lost run so the server does not answer a 500 itself
             if getattr(cycle, "disconnected", True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -45,7 +46,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as e:
-        reason = e.strerror or str(e)
+        reason = os.strerror(e.errno) if e.errno else str(e)
         raise SimulatorError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
