@@ -347,19 +347,14 @@ def _to_float(value: str) -> float:
 DATASET_SUFFIXES = (".jsonl", ".csv", ".yaml", ".yml")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Row:
     """One dataset row: its 1-based row number, its line in the dataset file, its values."""
 
     number: int
     line: int
     values: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        """The row's part of the conversation id: its `id` value, else its row number."""
-        value = self.values.get("id", self.number)
-        return value if isinstance(value, str) else str(value)
+    id: str = ""  # its part of the conversation id: its `id` value, else its row number
 
 
 def read_dataset(path: Path, shown: str) -> tuple[list[Row], bytes]:
@@ -380,31 +375,20 @@ def read_dataset(path: Path, shown: str) -> tuple[list[Row], bytes]:
     seen: dict[str, int] = {}
     for row in rows:
         value = row.values.get("id", row.number)
+        row.id = text = value if isinstance(value, str) else str(value)
         if (
             isinstance(value, bool)
             or not isinstance(value, str | int)
-            or not str(value).strip()
-            or "#" in str(value)
-            or "/" in str(value)
+            or not text.strip()
+            or "#" in text
+            or "/" in text
         ):
-            problems.append(
-                Problem(
-                    shown,
-                    row.line,
-                    f"row {row.number}",
-                    f"an id is a non-empty string or number without '#' or '/', got {value!r}",
-                )
-            )
-        elif row.id in seen:
-            problems.append(
-                Problem(
-                    shown,
-                    row.line,
-                    f"row {row.number}",
-                    f"duplicate row id {row.id!r} (first at line {seen[row.id]})",
-                )
-            )
-        seen.setdefault(row.id, row.line)
+            what = f"an id is a non-empty string or number without '#' or '/', got {value!r}"
+            problems.append(Problem(shown, row.line, f"row {row.number}", what))
+        elif text in seen:
+            what = f"duplicate row id {text!r} (first at line {seen[text]})"
+            problems.append(Problem(shown, row.line, f"row {row.number}", what))
+        seen.setdefault(text, row.line)
     if problems:
         raise YAMLProblems(_capped(problems, shown))
     return rows, data
