@@ -1,8 +1,8 @@
 """The `expect:` check types: what each accepts in a job file, and how it judges one turn.
 
-`CHECK_TYPES` is the one table: the job file model (`runner.jobfile`), its JSON Schema, the
-validator (`check_value_problem`) and the evaluator (`evaluate_turn`) are all built from it, so a
-new check type is one entry here. Content checks judge the assistant's reply text; a turn without
+`CHECK_TYPES` is the one table: the job file's `Check` model (one `type: value` pair, used by
+`runner.jobfile`), its JSON Schema, the validator (`check_value_problem`) and the evaluator
+(`evaluate_turn`) are all built from it, so a new check type is one entry here. Content checks judge the assistant's reply text; a turn without
 a reply (it errored) fails every content check with a detail that says so. `detail` is `None` when
 a check passes, otherwise it says what was expected and what was seen (truncated).
 """
