@@ -126,6 +126,8 @@ def test_simulator_run_completes_with_usage_steps_and_message(client, assistant,
     raw = client.beta.threads.runs.with_raw_response.create(thread_id=thread.id, assistant_id=assistant.id)
     assert raw.headers["openai-poll-after-ms"] == "20"
     run = client.beta.threads.runs.poll(raw.parse().id, thread_id=thread.id)
+    got = client.beta.threads.runs.with_raw_response.retrieve(run.id, thread_id=thread.id)
+    assert got.headers["openai-poll-after-ms"] == "20"  # one constant value per run, on every read
     assert run.status == "completed" and run.completed_at and run.started_at and run.expires_at is None
     assert run.failed_at is None and run.cancelled_at is None and run.last_error is None
     assert run.usage.total_tokens == run.usage.prompt_tokens + run.usage.completion_tokens > 0

@@ -47,7 +47,9 @@ def test_simulator_rate_limit_headers_on_every_response(sim_factory, openai_clie
     with pytest.raises(openai.NotFoundError) as missing:
         client.responses.retrieve("resp_missing")
     unauthorised = httpx2.get(f"{sim.base_url}/assistants")
-    for headers in (ok.headers, missing.value.response.headers, unauthorised.headers):
+    streamed = client.chat.completions.with_raw_response.create(**CHAT, stream=True)
+    list(streamed.parse())
+    for headers in (ok.headers, missing.value.response.headers, unauthorised.headers, streamed.headers):
         assert all(h in headers for h in RATE_HEADERS), headers
         assert headers["x-request-id"].startswith("req_")
     assert ok.headers["x-ratelimit-limit-tokens"] == "10000"

@@ -255,3 +255,28 @@ def test_simulator_chat_stream_failure_raises_api_error(client):
     with pytest.raises(openai.APIError) as e:
         list(stream)
     assert e.value.type == "server_error"
+
+
+def test_simulator_stop_ends_open_streams_with_a_wrapped_error(sim_factory, openai_client):
+    sim = sim_factory(latency_s=5.0)
+    client = openai_client(sim)
+    a = client.beta.assistants.create(model="m")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "a long one"}])
+    errors: list[openai.APIError] = []
+
+    def consume() -> None:
+        try:
+            with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=a.id) as s:
+                s.until_done()
+        except openai.APIError as e:
+            errors.append(e)
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    sim.stop()
+    reader.join(5)
+    assert time.monotonic() - started < 2 and not reader.is_alive()
+    assert len(errors) == 1 and errors[0].type == "server_error"
+    assert errors[0].body["message"] == "The server is shutting down. Please retry your request."

@@ -13,12 +13,12 @@ from typing import Any
 from runner.simulator import validation as v
 from runner.simulator.core import Simulator, sleep_or_close
 from runner.simulator.http import (
-    SERVER_ERROR_MESSAGE,
     Call,
     bad_request,
     dumps,
     quota_error,
     server_error,
+    shutdown_error,
     sse_response,
 )
 from runner.simulator.replies import (
@@ -171,7 +171,8 @@ async def create_chat_completion(call: Call) -> Any:
     if stream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return sse_response(_chunks(sim, head, plan, text, tool_calls, finish, usage, include_usage, latency))
-    await sleep_or_close(sim, latency)
+    if not await sleep_or_close(sim, latency):
+        raise shutdown_error()
     message: dict[str, Any] = {
         "role": "assistant",
         "content": None if tool_calls else text,
@@ -206,10 +207,9 @@ async def _chunks(
         return b"data: " + dumps(c) + b"\n\n"
 
     yield chunk({"role": "assistant", "content": "" if tool_calls is None else None, "refusal": None})
-    if plan.kind == "fail":
-        if await sleep_or_close(sim, latency):
-            err = {"message": SERVER_ERROR_MESSAGE, "type": "server_error", "param": None, "code": None}
-            yield b"data: " + dumps({"error": err}) + b"\n\n"
+    if plan.kind == "fail":  # OpenAI reports a failure mid-stream as a `data:` error object
+        closing = not await sleep_or_close(sim, latency)
+        yield b"data: " + dumps((shutdown_error() if closing else server_error()).body()) + b"\n\n"
         return
     if tool_calls:
         for i, tc in enumerate(tool_calls):
@@ -221,6 +221,7 @@ async def _chunks(
             }
             yield chunk({"tool_calls": [first]})
             if not await sleep_or_close(sim, latency):
+                yield b"data: " + dumps(shutdown_error().body()) + b"\n\n"
                 return
             yield chunk(
                 {"tool_calls": [{"index": i, "function": {"arguments": tc["function"]["arguments"]}}]}
@@ -229,6 +230,7 @@ async def _chunks(
         pieces = chunk_text(text)
         for piece in pieces:
             if not await sleep_or_close(sim, latency / (len(pieces) + 1)):
+                yield b"data: " + dumps(shutdown_error().body()) + b"\n\n"
                 return
             yield chunk({"content": piece})
     yield chunk({}, finish)

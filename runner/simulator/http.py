@@ -77,6 +77,11 @@ def server_error(status: int = 500) -> APIError:
     return APIError(status, SERVER_ERROR_MESSAGE, "server_error")
 
 
+def shutdown_error() -> APIError:
+    """What a request or stream still running gets when the simulator stops (clients may retry)."""
+    return APIError(503, "The server is shutting down. Please retry your request.", "server_error")
+
+
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -22,6 +22,7 @@ from runner.simulator.http import (
     not_found,
     quota_error,
     server_error,
+    shutdown_error,
     sse,
     sse_response,
 )
@@ -445,7 +446,8 @@ async def create_response(call: Call) -> Any:
         return sse_response(_stream(sim, resp))
     if req["background"]:
         return resp.to_dict()
-    await sleep_or_close(sim, resp.done_at - sim.now())
+    if not await sleep_or_close(sim, resp.done_at - sim.now()):
+        raise shutdown_error()
     resp.advance(max(sim.now(), resp.done_at))
     if not req["store"]:
         sim.responses.remove(resp.id)
@@ -496,6 +498,10 @@ async def _stream(sim: Simulator, resp: ResponseRun) -> AsyncIterator[bytes]:
         seq += 1
         return sse(kind, payload)
 
+    def shutting_down() -> bytes:  # the Responses stream's own error event (ResponseErrorEvent)
+        err = shutdown_error()
+        return event("error", code=err.type, message=err.message, param=None)
+
     yield event(
         "response.created", response=resp.to_dict("in_progress" if not resp.request["background"] else None)
     )
@@ -505,6 +511,7 @@ async def _stream(sim: Simulator, resp: ResponseRun) -> AsyncIterator[bytes]:
     span = resp.done_at - sim.now()
     if resp.fails or resp.plan.kind == "fail":
         if not await sleep_or_close(sim, span):
+            yield shutting_down()
             return
         resp.advance(max(sim.now(), resp.done_at))
         yield event("response.failed", response=resp.to_dict())
@@ -517,6 +524,7 @@ async def _stream(sim: Simulator, resp: ResponseRun) -> AsyncIterator[bytes]:
                 item={**item, "status": "in_progress", "arguments": ""},
             )
             if not await sleep_or_close(sim, span):
+                yield shutting_down()
                 return
             common = {"item_id": item["id"], "output_index": index}
             yield event("response.function_call_arguments.delta", **common, delta=item["arguments"])
@@ -538,12 +546,15 @@ async def _stream(sim: Simulator, resp: ResponseRun) -> AsyncIterator[bytes]:
             chunks = chunk_text(part["text"])
             for chunk in chunks:
                 if not await sleep_or_close(sim, span / (len(chunks) + 1)):
+                    yield shutting_down()
                     return
                 yield event("response.output_text.delta", **common, delta=chunk, logprobs=[])
             yield event("response.output_text.done", **common, text=part["text"], logprobs=[])
             yield event("response.content_part.done", **common, part=part)
         yield event("response.output_item.done", output_index=index, item=item)
-    await sleep_or_close(sim, resp.done_at - sim.now())
+    if not await sleep_or_close(sim, resp.done_at - sim.now()):
+        yield shutting_down()
+        return
     resp.advance(max(sim.now(), resp.done_at))
     if resp.status in ("completed", "incomplete"):  # a cancelled background stream just ends
         yield event(f"response.{resp.status}", response=resp.to_dict())

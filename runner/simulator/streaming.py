@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from runner.simulator.core import Simulator, sleep_or_close
-from runner.simulator.http import sse
+from runner.simulator.http import shutdown_error, sse
 from runner.simulator.runs import TERMINAL, Run, advance, delta_schedule, next_transition
 
 _END_EVENTS = {f"thread.run.{s}" for s in TERMINAL} | {"thread.run.requires_action"}
@@ -64,4 +64,5 @@ async def stream_run(
         due = [t for t in (next_transition(run), pending[0][0] if pending else None) if t is not None]
         wait = (min(due) - now) if due else IDLE_WAKE_S
         if not await sleep_or_close(sim, max(0.0, wait), run.wake_event()):
+            yield sse("error", shutdown_error().body())  # wrapped {"error": {...}}: the SDK raises it
             return
