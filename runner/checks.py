@@ -2,9 +2,11 @@
 
 `CHECK_TYPES` is the one table: the job file's `Check` model (one `type: value` pair, used by
 `runner.jobfile`), its JSON Schema, the validator (`check_value_problem`) and the evaluator
-(`evaluate_turn`) are all built from it, so a new check type is one entry here. Content checks judge the assistant's reply text; a turn without
-a reply (it errored) fails every content check with a detail that says so. `detail` is `None` when
-a check passes, otherwise it says what was expected and what was seen (truncated).
+(`evaluate_turn`) are all built from it, so a new check type is one entry here.
+
+Content checks judge the assistant's reply text; a turn without a reply (it errored) fails every
+content check with a detail that says so. `detail` is `None` when a check passes, otherwise it
+says what was expected and what was seen (truncated).
 """
 
 from __future__ import annotations
