@@ -88,7 +88,7 @@ def connect(url: str, *, check: bool = True) -> redis.Redis:
     except ValueError as e:
         raise QueueError(f"invalid Redis URL {mask_url(url)}: {_scrub(str(e), url)}") from None
     if check:
-        pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=3)
+        pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=3, socket_timeout=3)
         probe = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         try:
             probe.ping()
