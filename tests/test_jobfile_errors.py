@@ -378,6 +378,12 @@ CASES = [
         rows_dot_jsonl='{"a": 1}\n\n{"a": 2 "b": 3}\n',
     ),
     case(
+        "dataset-not-utf8",
+        HEAD + "conversations:\n  - id: c\n    dataset: rows.csv\n    turns: [{user: hi}]\n",
+        "rows.csv:2: not UTF-8 text (byte 5)",
+        rows_dot_csv=b"a,b\n\xff,2\n",
+    ),
+    case(
         "dataset-row-not-object",
         HEAD + "conversations:\n  - id: c\n    dataset: rows.jsonl\n    turns: [{user: hi}]\n",
         "rows.jsonl:2: row 2: a row must be a JSON object, got [1, 2]",
