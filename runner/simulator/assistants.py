@@ -339,8 +339,8 @@ async def _start_run(call: Call, thread: Thread, body: dict[str, Any], new_threa
 
 
 async def create_run(call: Call) -> Any:
-    thread = _thread(call)
-    return await _start_run(call, thread, await call.body(), new_thread=False)
+    body = await call.body()
+    return await _start_run(call, _thread(call), body, new_thread=False)
 
 
 async def create_thread_and_run(call: Call) -> Any:
@@ -396,8 +396,8 @@ async def cancel_run(call: Call) -> dict[str, Any]:
 
 
 async def submit_outputs(call: Call) -> Any:
+    body = await call.body()  # read first: the run's state is taken after the last await
     run = _run(call)
-    body = await call.body()
     sim = call.sim
     outputs = body.get("tool_outputs")
     names = []

@@ -172,7 +172,6 @@ class Run:
             "model": self.model,
             "instructions": self.instructions,
             "tools": self.tools,
-            "tool_resources": {},
             "metadata": self.metadata,
             "temperature": self.options["temperature"],
             "top_p": self.options["top_p"],
