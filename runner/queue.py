@@ -436,6 +436,9 @@ def wait_for(redis: redis_lib.Redis, batch_id: str, timeout_s: float, poll_s: fl
 
 # --- `runner run` on the queue --------------------------------------------------------------------------
 
+INTERRUPT_GRACE_S = 2.0
+"""On Ctrl-C, workers get this long to finish the conversation in hand (the rest resume later)."""
+
 REPAIR_AFTER_S = 30.0
 """`runner run` re-checks that every unfinished conversation has a job after this long without progress."""
 
@@ -473,11 +476,12 @@ def run_batch(job: Job, tasks: Sequence[ConversationTask], options: Any) -> Any:
             _follow(redis, batch, collector, workers, progress)
         except BaseException as e:
             progress.close()
+            interrupted = isinstance(e, KeyboardInterrupt)
+            if interrupted and workers is not None:
+                workers.stop(grace_s=INTERRUPT_GRACE_S)  # conversations about to finish still land
             collector.poll()
             collector.write(output)
-            if isinstance(e, KeyboardInterrupt):
-                if workers is not None:
-                    workers.stop(grace_s=2.0)
+            if interrupted:
                 total = batch.require().total
                 _say(
                     f"interrupted: {len(collector.records)} of {total} conversations in {output};"
