@@ -156,9 +156,13 @@ DEFAULT_POLL_S = 1.0
 
 MAX_POLL_S = 10.0
 
-POLL_BACKOFF = 0.3
-"""After the first poll, wait this share of the time already waited (at least the server's interval):
-a run of T seconds costs about log(T) polls and is seen done at most ~30 % late."""
+POLL_BACKOFF = 0.4
+"""Otherwise wait this share of the time already waited (at least the server's interval): a run of
+T seconds costs about log(T) polls and is seen done at most ~40 % late."""
+
+FIRST_POLL = 1.1
+"""Once runs have been seen to take about T, the first poll comes at 1.1·T: most runs are done by
+then (one poll), and the few that are not are caught by the backoff."""
 
 
 class Pacer:
@@ -173,8 +177,16 @@ class Pacer:
         self._typical_s: float | None = None
 
     def observe(self, seconds: float) -> None:
+        """A run took `seconds` (seen exactly, e.g. on a stream)."""
         s = max(0.0, seconds)
         self._typical_s = s if self._typical_s is None else 0.7 * self._typical_s + 0.3 * s
+
+    def observe_polled(self, active_until: float | None, done_by: float) -> None:
+        """A run seen active last at `active_until` (None: never, after its create) and done at
+        `done_by`, both since it started. Between two looks, the middle is the best guess; done at
+        the first look says only "no later than that", so the estimate shrinks a little (toward
+        polling earlier) instead of halving, and settles where the first poll mostly finds it done."""
+        self.observe(0.9 * done_by if active_until is None else (active_until + done_by) / 2)
 
     @property
     def typical_s(self) -> float | None:
@@ -183,7 +195,7 @@ class Pacer:
     def wait_s(self, waited_s: float, polls_done: int, server_s: float | None) -> float:
         floor = server_s if server_s is not None else DEFAULT_POLL_S
         if polls_done == 0 and self._typical_s is not None:
-            wait = max(floor, 0.9 * self._typical_s - waited_s)
+            wait = max(floor, FIRST_POLL * self._typical_s - waited_s)
         else:
             wait = max(floor, POLL_BACKOFF * waited_s)
         return min(wait, MAX_POLL_S)

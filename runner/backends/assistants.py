@@ -466,7 +466,7 @@ class AssistantsConversation(Conversation):
     def _poll(self, state: _Wait, deadline: float) -> None:
         """GET the run until it leaves the active states or the deadline passes (see `Pacer`)."""
         began = state.phase_started
-        active_seen = time.monotonic()
+        active_seen: float | None = None
         polls = 0
         while state.run.status in ACTIVE:
             now = time.monotonic()
@@ -477,9 +477,9 @@ class AssistantsConversation(Conversation):
             self._retrieve(state)
             polls += 1
             if state.run.status in ACTIVE:
-                active_seen = time.monotonic()
-            else:  # it ended between the last two looks: take the middle
-                self.backend.pacer.observe((active_seen + time.monotonic()) / 2 - began)
+                active_seen = time.monotonic() - began
+            else:
+                self.backend.pacer.observe_polled(active_seen, time.monotonic() - began)
 
     def _cancel(self, state: _Wait) -> None:
         """Cancel the run and wait (briefly) for it to settle; a run already ended is just read."""

@@ -276,7 +276,7 @@ class ResponsesConversation(Conversation):
         """GET the response until it ends or the deadline passes (see `Pacer`); `asked` is when it
         was created (None: a cancel being awaited, which teaches the pacer nothing)."""
         began = asked if asked is not None else time.monotonic()
-        active_seen = time.monotonic()
+        active_seen: float | None = None
         polls = 0
         while out.status in ACTIVE:
             now = time.monotonic()
@@ -286,9 +286,9 @@ class ResponsesConversation(Conversation):
             out = self._retrieve(out)
             polls += 1
             if out.status in ACTIVE:
-                active_seen = time.monotonic()
-            elif asked is not None:  # it ended between the last two looks: take the middle
-                self.backend.pacer.observe((active_seen + time.monotonic()) / 2 - began)
+                active_seen = time.monotonic() - began
+            elif asked is not None:
+                self.backend.pacer.observe_polled(active_seen, time.monotonic() - began)
         return out
 
     def _cancel(self, out: _Outcome) -> _Outcome:
