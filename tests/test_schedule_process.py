@@ -195,7 +195,7 @@ def test_schedule_two_processes_enqueue_each_tick_once(
     # A longer lease than the failover test's: a loaded CI machine must not look like a dead holder.
     holder, standby = holder_and_standby(start("a", lease_ttl="5"), start("b", lease_ttl="5"))
     holder.wait_for("nightly: enqueued", count=len(holder.enqueued()) + 3)
-    assert (holder.stop(), standby.stop()) == (0, 0)
+    assert (standby.stop(), holder.stop()) == (0, 0)  # standby first: it must never see a free lease
     assert standby.enqueued() == []  # the standby never enqueued anything
     assert_each_tick_once(accounted(holder, standby))
     assert batches(r) == {batch for _, batch in holder.enqueued()}
