@@ -63,17 +63,26 @@ def test_simulator_config_rejects_bad_values():
         SimulatorConfig(fault_rate=1.5, rpm=0)
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 def test_simulator_replies_and_ids_are_deterministic_for_a_seed(sim_factory):
     def session(seed: int) -> list[str]:
         sim = sim_factory(seed=seed)
         client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
         out = [client.chat.completions.create(**CHAT).id, client.responses.create(model="m", input="x").id]
         out.append(client.responses.create(model="m", input="hi").output_text)
+        a = client.beta.assistants.create(model="m")
+        run = client.beta.threads.create_and_run_poll(
+            assistant_id=a.id, thread={"messages": [{"role": "user", "content": "hi"}]}
+        )
+        for m in client.beta.threads.messages.list(run.thread_id):
+            out += [m.id, m.content[0].text.value]
+        out += [s.id for s in client.beta.threads.runs.steps.list(run.id, thread_id=run.thread_id)]
         client.close()
         return out
 
-    assert session(5) == session(5)
-    assert session(5)[:2] != session(6)[:2]
+    first = session(5)
+    assert first == session(5)
+    assert len(first) == 8 and first[:2] != session(6)[:2]
 
 
 def test_simulator_unknown_route_is_404_invalid_url(simulator, validate_against):

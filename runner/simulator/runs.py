@@ -28,6 +28,7 @@ LEGAL = {
     "requires_action": {"queued", "cancelling", "expired"},
     "cancelling": {"cancelled", "completed", "failed", "incomplete", "expired"},
 }
+_PHASE_IDS = (("message", "msg_"), ("message_step", "step_"), ("call", "call_"), ("tool_step", "step_"))
 _MESSAGE_REASON = {"cancelled": "run_cancelled", "expired": "run_expired", "failed": "run_failed"}
 _STEP_STATUS = {
     "completed": "completed",
@@ -77,10 +78,11 @@ def new_message(
     run: Run | None = None,
     attachments: list[Any] | None = None,
     metadata: dict[str, str] | None = None,
+    mid: str | None = None,
 ) -> dict[str, Any]:
     """Create a `thread.message` in `thread` (and the global table)."""
     msg: dict[str, Any] = {
-        "id": sim.new_id("msg_"),
+        "id": mid or sim.new_id("msg_"),
         "object": "thread.message",
         "created_at": int(now),
         "thread_id": thread.id,
@@ -131,6 +133,7 @@ class Run:
     phase_done: float = 0.0
     phase_prompt: int = 0
     cancel_at: float | None = None
+    ids: dict[str, str] = field(default_factory=dict)  # drawn when a phase is scheduled
     message: dict[str, Any] | None = None
     message_final: str = ""
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -229,6 +232,9 @@ def schedule(sim: Simulator, run: Run, now: float, plan: Plan, extra_prompt: str
     """Queue the next phase of `run` for `plan`: queued now, in progress soon, done after the latency."""
     latency = sim.latency(plan.latency_s)
     run.plan = plan
+    # Ids of what the phase may create are drawn now, in request order, so that they depend on
+    # the seed and the requests only, not on when a read happens to apply the transition.
+    run.ids = {k: sim.new_id(p) for k, p in _PHASE_IDS}
     run.phase_start = now + sim.queue_time(latency)
     run.phase_done = now + latency
     run.phase_prompt = prompt_tokens(run, extra_prompt)
@@ -246,9 +252,9 @@ def _set_status(run: Run, status: str) -> None:
     run.status = status
 
 
-def _new_step(sim: Simulator, run: Run, now: float, kind: str, details: dict[str, Any]) -> dict[str, Any]:
+def _new_step(run: Run, sid: str, now: float, kind: str, details: dict[str, Any]) -> dict[str, Any]:
     step = {
-        "id": sim.new_id("step_"),
+        "id": sid,
         "object": "thread.run.step",
         "created_at": int(now),
         "run_id": run.id,
@@ -279,15 +285,17 @@ def _start(sim: Simulator, run: Run, at: float) -> None:
     run.emit("thread.run.in_progress", run.to_dict())
     if run.plan.kind == "call" and not run.fails:
         return
-    msg = new_message(sim, run.thread, "assistant", [], at, status="in_progress", run=run)
+    msg = new_message(
+        sim, run.thread, "assistant", [], at, status="in_progress", run=run, mid=run.ids["message"]
+    )
     run.message = msg
     run.message_final = run.plan.text
     limit = run.options["max_completion_tokens"]
     if limit and count_tokens(run.plan.text) > limit:
         run.message_final = run.plan.text[: limit * 4]
     step = _new_step(
-        sim,
         run,
+        run.ids["message_step"],
         at,
         "message_creation",
         {"type": "message_creation", "message_creation": {"message_id": msg["id"]}},
@@ -309,12 +317,14 @@ def _done(sim: Simulator, run: Run, at: float) -> None:
     if plan.kind == "call":
         calls: list[dict[str, Any]] = [
             {
-                "id": sim.new_id("call_"),
+                "id": run.ids["call"],
                 "type": "function",
                 "function": {"name": plan.call, "arguments": plan.arguments},
             }
         ]
-        step = _new_step(sim, run, at, "tool_calls", {"type": "tool_calls", "tool_calls": []})
+        step = _new_step(
+            run, run.ids["tool_step"], at, "tool_calls", {"type": "tool_calls", "tool_calls": []}
+        )
         run.emit("thread.run.step.created", step)
         run.emit("thread.run.step.in_progress", step)
         step["step_details"]["tool_calls"] = [
