@@ -395,7 +395,10 @@ class Scheduler:
             if self._advance_to(name, latest, period, "skip") == 1:
                 self._log_skipped(name, [*skipped, latest])
             return
+        cron = e.cron
         self._reload(e, force=True)  # the file as it is at the tick, edits and datasets included
+        if e.name != name or e.cron != cron:
+            return  # renamed or rescheduled just now: the next pass goes by the new version
         batch_id = tick_batch_id(name, latest)
         claimed = self._advance_to(name, latest, period, "enqueue", batch_id)
         if claimed == -1:
@@ -444,13 +447,8 @@ class Scheduler:
             pipe.sadd(self._key(name, ":pending"), batch_id)
         pipe.execute()
         if late.total_seconds() > LATE_AFTER_S:
-            log.info(
-                "%s: enqueued missed tick %s as batch %s (late by %s)",
-                name,
-                iso(tick),
-                batch_id,
-                _human(late),
-            )
+            log.info("%s: enqueued missed tick %s as batch %s (late by %s)",
+                     name, iso(tick), batch_id, _human(late))  # fmt: skip
         else:
             log.info("%s: enqueued tick %s as batch %s", name, iso(tick), batch_id)
 
@@ -469,14 +467,8 @@ class Scheduler:
         else:
             more = "+" if len(skipped) >= SKIPPED_COUNT_MAX else ""
             first, last = iso(skipped[0]), iso(skipped[-1])
-            log.info(
-                "%s: skipped %d%s missed ticks %s .. %s (more than one period old)",
-                name,
-                len(skipped),
-                more,
-                first,
-                last,
-            )
+            log.info("%s: skipped %d%s missed ticks %s .. %s (more than one period old)",
+                     name, len(skipped), more, first, last)  # fmt: skip
 
     def _collect_finished(self, name: str) -> None:
         """Write the JSONL of every finished batch of the job (once: the lease holder does it)."""
@@ -554,7 +546,7 @@ class Scheduler:
                     if down:
                         log.warning("Redis reachable again")
                     down = False
-                except redis_lib.RedisError as err:
+                except (redis_lib.RedisError, QueueError) as err:  # an outage: lease and ticks wait
                     if not down:
                         log.error("Redis unreachable (%s), retrying", err)
                     down = True
