@@ -181,7 +181,8 @@ def run_conversation(
     except FatalAPIError:
         raise
     except Exception as e:  # a per-conversation problem must not take the batch down
-        log.warning("conversation %s: %s", task.conversation_id, describe_error(e), exc_info=True)
+        log.warning("conversation %s: %s", task.conversation_id, describe_error(e))
+        log.debug("conversation %s failed", task.conversation_id, exc_info=True)
         status, error = "error", describe_error(e)
     usage = empty_usage()
     for t in turns:
@@ -252,13 +253,18 @@ def run_inline(job: Job, tasks: Sequence[ConversationTask], options: RunOptions)
             max_workers=max(1, min(limits.concurrency, len(tasks))), thread_name_prefix="conv"
         ) as pool:
             futures: list[Future[None]] = [pool.submit(work, t) for t in tasks]
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            wait(pending)
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C: start nothing new; what is in flight ends on its own
+                stop.set()
+                raise
+            finally:
+                for f in futures:
+                    f.cancel()
         for f in futures:
-            if not f.cancelled() and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
+            error = None if f.cancelled() else f.exception()
+            if error is not None:
+                raise error
 
     records.sort(key=lambda r: r["conversation_id"])
     write_records(output, records)
