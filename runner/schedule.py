@@ -431,9 +431,10 @@ class Scheduler:
         state = self._key(name)
         try:
             batch_id = enqueue(e.job, redis=self.redis, output=None, now=tick, batch_id=batch_id)
-        except RunnerError as err:  # the tick is spent: the next one tries again
-            self.redis.hset(state, mapping={"last_status": "error", "last_error": str(err)})
-            log.error("%s: tick %s not enqueued: %s", name, iso(tick), str(err).replace("\n", "; "))
+        except Exception as err:  # the API or Redis failed: this tick is spent, the next one tries
+            why = str(err) if isinstance(err, RunnerError) else f"{type(err).__name__}: {err}"
+            self.redis.hset(state, mapping={"last_status": "error", "last_error": why})
+            log.error("%s: tick %s not enqueued: %s", name, iso(tick), why.replace("\n", "; "))
             return
         done: dict[Any, Any] = {
             "last_batch": batch_id,

@@ -10,7 +10,7 @@ import json
 import logging
 import textwrap
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from runner.errors import JobFileError, UsageError
 from runner.queue import QUEUE_NAME, job_id_for
 from runner.redis_server import RedisServer, connect
 from runner.schedule import Scheduler, cron_problem, parse_cron, schedule_status, tick_batch_id
+from runner.simulator import RunningSimulator
 
 T0 = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)  # an hour before the daily 06:00 tick
 
@@ -326,6 +327,35 @@ def test_schedule_interrupted_enqueue_is_finished_by_the_next_holder(
     b.step()
     assert batches(r) == ["nightly-20261127T060000Z"]
     assert "nightly: the enqueue of tick 2026-11-27T06:00:00Z was interrupted, finishing it" in lines
+    assert schedule_status(r)[0]["last_status"] == "enqueued"
+
+
+def test_schedule_failed_enqueue_is_logged_recorded_and_the_next_tick_still_runs(
+    r: redis.Redis,
+    jobfile: Path,
+    lines: Lines,
+    sim_factory: Callable[..., RunningSimulator],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The assistants api prepares its assistants over the API at enqueue: an exhausted quota fails it.
+    sim = sim_factory(quota_exhausted=True)
+    monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    jobfile.write_text(job_text().replace("api: chat", "api: assistants"))
+    clock = Clock(T0)
+    s = scheduler(jobfile, r, clock)
+    s.step()
+    clock.set(27, 6)
+    s.step()
+    [error] = [line for line in lines if "not enqueued" in line]
+    assert error.startswith("nightly: tick 2026-11-27T06:00:00Z not enqueued: ")
+    [row] = schedule_status(r)
+    assert (row["last_status"], row["last_batch"]) == ("error", "nightly-20261127T060000Z")
+    assert row["summary"] == f"error: {row['last_error']}" and "sk-test" not in row["last_error"]
+    jobfile.write_text(job_text())  # fixed (here: a protocol that needs no preparation)
+    clock.set(28, 6)
+    s.step()
+    assert batches(r) == ["nightly-20261128T060000Z"]
     assert schedule_status(r)[0]["last_status"] == "enqueued"
 
 
