@@ -463,8 +463,9 @@ class AssistantsConversation(Conversation):
         state.run = raw.parse()
         state.poll_s = poll_after_s(raw.headers) or state.poll_s
 
-    def _poll(self, state: _Wait, deadline: float) -> None:
-        """GET the run until it leaves the active states or the deadline passes (see `Pacer`)."""
+    def _poll(self, state: _Wait, deadline: float, learn: bool = True) -> None:
+        """GET the run until it leaves the active states or the deadline passes (see `Pacer`);
+        `learn`: tell the pacer how long it took (not for a cancel being awaited)."""
         began = state.phase_started
         active_seen: float | None = None
         polls = 0
@@ -478,7 +479,7 @@ class AssistantsConversation(Conversation):
             polls += 1
             if state.run.status in ACTIVE:
                 active_seen = time.monotonic() - began
-            else:
+            elif learn:
                 self.backend.pacer.observe_polled(active_seen, time.monotonic() - began)
 
     def _cancel(self, state: _Wait) -> None:
@@ -495,7 +496,7 @@ class AssistantsConversation(Conversation):
         settle_by = time.monotonic() + CANCEL_WAIT_S
         if state.run.status in ACTIVE:
             try:
-                self._poll(state, settle_by)
+                self._poll(state, settle_by, learn=False)
             except openai.OpenAIError:
                 return
         if state.run.status == "completed":
