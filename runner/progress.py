@@ -94,7 +94,9 @@ class Progress:
         self._maybe_draw()
 
     def close(self) -> None:
-        """Stop the ticker and leave one final line."""
+        """Stop the ticker and leave one final line (once, however often it is called)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=2)
