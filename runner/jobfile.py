@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import jsonschema
-from croniter import croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -45,6 +44,7 @@ from pydantic import (
 )
 
 from runner.checks import CHECK_TYPES, Check, check_value_problem
+from runner.cron import cron_problem
 from runner.errors import JobFileError, Problem
 from runner.simulator.rules import SimulatorRules
 from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, Limits, TurnSpec
@@ -244,10 +244,9 @@ class Job(_Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
-        try:
-            v is None or croniter(v)
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"invalid cron expression {v!r}: {e}") from None
+        problem = None if v is None else cron_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @property

@@ -25,7 +25,8 @@ from runner.cli import main
 from runner.errors import JobFileError, UsageError
 from runner.queue import QUEUE_NAME, job_id_for
 from runner.redis_server import RedisServer, connect
-from runner.schedule import Scheduler, cron_problem, parse_cron, schedule_status, tick_batch_id
+from runner.cron import cron_problem, parse_cron
+from runner.schedule import Scheduler, schedule_status, tick_batch_id
 from runner.simulator import RunningSimulator
 
 T0 = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)  # an hour before the daily 06:00 tick
@@ -145,7 +146,7 @@ FIELDS = "use 5 (minute hour day month weekday) or 6 (seconds first)"
     ("text", "problem"),
     [
         ("", "must be a cron expression such as '0 6 * * *'"),
-        ("61 6 * * *", "invalid cron expression '61 6 * * *'"),
+        ("61 6 * * *", "invalid cron expression '61 6 * * *': [61 6 * * *] is not acceptable, out of range"),
         ("0 6 * *", "cron '0 6 * *' has 4 fields; " + FIELDS),
         ("* * * * * * *", "cron '* * * * * * *' has 7 fields; " + FIELDS),
         ("CRON_TZ=Mars/Base 0 6 * * *", "unknown time zone 'Mars/Base' (use an IANA name such as Europe/Paris)"),  # noqa: E501
