@@ -22,10 +22,10 @@ from rq.serializers import JSONSerializer
 
 from runner.batch import BATCHES_KEY, Batch
 from runner.cli import main
+from runner.cron import cron_problem, parse_cron
 from runner.errors import JobFileError, UsageError
 from runner.queue import QUEUE_NAME, job_id_for
 from runner.redis_server import RedisServer, connect
-from runner.cron import cron_problem, parse_cron
 from runner.schedule import Scheduler, schedule_status, tick_batch_id
 from runner.simulator import RunningSimulator
 
