@@ -12,8 +12,22 @@ Modules: `config` (SimulatorConfig, --rules files), `rules` (the job file's `sim
 stats around every route), `ratelimits`, `faults`, `stats`, `pagination`, `app`, `server`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from runner.simulator.config import SimulatorConfig, load_rules
 from runner.simulator.rules import Rule, SimulatorRules
-from runner.simulator.server import RunningSimulator, start_simulator
+
+if TYPE_CHECKING:
+    from runner.simulator.server import RunningSimulator, start_simulator
+
+
+def __getattr__(name: str) -> Any:
+    # The server (Starlette, uvicorn) loads only when a simulator starts: every `runner` command
+    # imports this package for its config types, and should start fast.
+    if name in ("RunningSimulator", "start_simulator"):
+        from runner.simulator import server
+
+        return getattr(server, name)
+    raise AttributeError(name)
 
 __all__ = ["Rule", "RunningSimulator", "SimulatorConfig", "SimulatorRules", "load_rules", "start_simulator"]
