@@ -56,8 +56,8 @@ def test_jobfile_load_reports_every_problem_of_file_and_dataset(tmp_path: Path) 
         f"{job}:20: conversations[1].turns[0].user: {{{{nope}}}} is not defined (define it in `vars`, a dataset "
         "column or a matrix key)",
         f"{job}:21: conversations[2].id: duplicate conversation id 'c2' (first at line 17)",
-        f"{job}:24: schedule: invalid cron expression 'bad cron': Exactly 5, 6 or 7 columns has to be specified "
-        "for iterator expression.",
+        f"{job}:24: schedule: cron 'bad cron' has 2 fields; use 5 (minute hour day month weekday) or 6 "
+        "(seconds first)",
         f"{rows}:2: row 2: invalid JSON: Expecting value (column 9)",
     ]
     assert str(info.value) == "\n".join(str(p) for p in info.value.problems)
