@@ -10,7 +10,9 @@ from runner.pipeline import RunOptions, run_job
 
 @main.command()
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="JSONL to write (default: the job's `output`).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="JSONL to write (default: the job's `output`)."
+)
 @click.option(
     "--workers",
     type=click.IntRange(0, 256),
@@ -21,8 +23,12 @@ from runner.pipeline import RunOptions, run_job
 @click.option("--simulate", is_flag=True, help="Run against the built-in simulator on a free loopback port.")
 @redis_option
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write a JUnit XML report.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report.")
-@click.option("--fail-under", type=click.FloatRange(0, 1), help="Exit 1 only when the pass rate is below this.")
+@click.option(
+    "--html", "html_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report."
+)
+@click.option(
+    "--fail-under", type=click.FloatRange(0, 1), help="Exit 1 only when the pass rate is below this."
+)
 @click.option("--inline", is_flag=True, help="No queue: run in this process (for debugging).")
 @click.option("--no-progress", is_flag=True, help="No live progress line.")
 def run(
