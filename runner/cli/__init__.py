@@ -52,7 +52,9 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def redis_option(f: F) -> F:
@@ -63,7 +65,6 @@ def redis_option(f: F) -> F:
         show_default="$REDIS_URL, or a private embedded Redis",
         help="Redis to queue on (redis://, rediss://, unix://).",
     )(f)
-
 
 
 # Command modules register themselves on `main`; imported last so they can import `main`.
