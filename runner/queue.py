@@ -139,6 +139,7 @@ def enqueue_tasks(
 
     now = now or datetime.now(UTC)
     key = _resume_key(job, output)
+    explicit = batch_id is not None  # the caller (the scheduler) names its batches: no resume lookup
     try:
         batch_id = batch_id or _resumable(redis, key) or new_batch_id(job.name, now)
         batch = Batch(redis, batch_id)
@@ -152,7 +153,8 @@ def enqueue_tasks(
         prepared = prepare_tasks(job, list(tasks), limiter_for(redis, job.name, job.limits))
         batch.create(job=job.name, digest=job.digest, source=str(job.source), output=out, tasks=prepared)
         batch.clear_abort()
-        redis.set(key, batch_id, ex=BATCH_TTL_S)
+        if not explicit:
+            redis.set(key, batch_id, ex=BATCH_TTL_S)
         ensure_enqueued(redis, batch_id, prepared)
     except redis_lib.RedisError as e:
         raise QueueError(f"enqueue failed: {type(e).__name__}: {e}") from None

@@ -84,7 +84,9 @@ def connect(url: str, *, check: bool = True) -> redis.Redis:
     """
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 6)
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10, retry=retry)
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=10, retry=retry
+        )
     except ValueError as e:
         raise QueueError(f"invalid Redis URL {mask_url(url)}: {_scrub(str(e), url)}") from None
     if check:

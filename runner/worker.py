@@ -130,7 +130,11 @@ def _work(redis_url: str, burst: bool, logging_level: str) -> None:
     pdeath = die_with_parent()
     if pdeath is not None:
         pdeath()
-    redis = connect(redis_url)
+    try:
+        redis = connect(redis_url)
+    except QueueError as e:
+        log.error("%s", e)  # the pool starts another, with a growing pause
+        sys.exit(75)
     RunnerWorker(redis).work(burst=burst, logging_level=logging_level)
     if burst and rq_queue(redis).count:
         sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
