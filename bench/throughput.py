@@ -11,12 +11,18 @@ process tree, measured from the outside, in the same run:
   Redis limiter, the JSONL written.
 
 The simulator runs in its own process (its memory is not counted); its request counters, reset
-between configurations, give requests per turn and the 429s. Per configuration: turns/s (end to
-end, start-up included), requests per turn, 429s, the share of the RPM budget used (in the busiest
-sliding minute, and on average over the run) and the peak RSS of the whole process tree
-(psutil: the command and all its children: workers, redis-server). One JSON line each, then a table.
+between configurations, give requests per turn and the 429s. Each configuration uses its own API
+key, so it meets an untouched server budget (the simulator limits per key); `--shared-key` gives
+them one key, so each meets the server's minute the previous one filled, as when someone else
+spends the same key: then the 429 cooldown (and the probe after it) does the work.
 
-    python bench/throughput.py [--conversations 100] [--turns 3] [--rpm 300] [--workers 1,4,8] [--no-seed]
+Per configuration: turns/s (end to end, start-up included), requests per turn, 429s, the share of
+the RPM budget used (in the busiest sliding minute, and on average over the run) and the peak RSS
+and PSS of the whole process tree (psutil: the command and all its children: workers,
+redis-server). One JSON line each, then a table.
+
+    python bench/throughput.py [--conversations 100] [--turns 3] [--rpm 300] [--workers 1,4,8]
+                               [--no-seed] [--shared-key]
 """
 
 from __future__ import annotations
@@ -110,7 +116,7 @@ def seed_loop_main(base_url: str, conversations: int, turns: int) -> None:
     import openai
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    client = openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+    client = openai.OpenAI(base_url=base_url, api_key=os.environ["OPENAI_API_KEY"], max_retries=0)
     assistant = client.beta.assistants.create(
         model="gpt-4o-mini", name="Bench Bot", instructions="Answer briefly."
     )
@@ -226,6 +232,7 @@ def main() -> None:
     parser.add_argument("--rpm", type=int, default=300)
     parser.add_argument("--workers", default="1,4,8")
     parser.add_argument("--no-seed", action="store_true", help="skip the (slow) seed loop baseline")
+    parser.add_argument("--shared-key", action="store_true", help="one API key for every configuration")
     parser.add_argument(
         "--seed-loop", nargs=3, metavar=("BASE_URL", "CONVERSATIONS", "TURNS"), help=argparse.SUPPRESS
     )
@@ -243,6 +250,10 @@ def main() -> None:
             write_job(job, args.conversations, args.turns, args.rpm)
             base_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
             base_env.update(OPENAI_BASE_URL=sim.url, OPENAI_API_KEY="sk-bench")
+
+            def key(name: str) -> str:
+                return "sk-bench" if args.shared_key else f"sk-bench-{name}"
+
             if not args.no_seed:
                 command = [
                     sys.executable,
@@ -252,9 +263,10 @@ def main() -> None:
                     str(args.conversations),
                     str(args.turns),
                 ]
-                rows.append(measure("seed-loop", command, base_env, sim, turns, args.rpm))
+                env = dict(base_env, OPENAI_API_KEY=key("seed-loop"))
+                rows.append(measure("seed-loop", command, env, sim, turns, args.rpm))
             for n in (int(x) for x in args.workers.split(",")):
-                env = dict(base_env, RUNNER_HOME=str(Path(tmp) / f"home-w{n}"))
+                env = dict(base_env, RUNNER_HOME=str(Path(tmp) / f"home-w{n}"), OPENAI_API_KEY=key(f"w{n}"))
                 out = Path(tmp) / f"out-w{n}.jsonl"
                 command = [
                     sys.executable,
@@ -269,8 +281,12 @@ def main() -> None:
                 ]
                 row = measure(f"run-w{n}", [*command, "--no-progress"], env, sim, turns, args.rpm)
                 lines = out.read_text().splitlines()
-                ids = [json.loads(line)["conversation_id"] for line in lines]
+                records = [json.loads(line) for line in lines]
+                ids = [r["conversation_id"] for r in records]
                 row["exactly_once"] = len(ids) == len(set(ids)) == args.conversations
+                row["completed"] = sum(r["status"] == "completed" for r in records)
+                print(json.dumps({"config": row["config"], "exactly_once": row["exactly_once"],
+                                  "completed": row["completed"]}), flush=True)  # fmt: skip
                 rows.append(row)
     finally:
         sim.stop()

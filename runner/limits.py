@@ -13,6 +13,8 @@ The Redis limiter keeps a sliding-window log per scope under `runner:limit:<scop
   running sum, corrections from `settle` included; `cool`: the time until which a 429 paused all.
 * One Lua script expires old entries, checks the cooldown, the request AND the token budget, and
   takes both or neither, so two workers can never both take the last request of a minute.
+* When a cooldown ends, one request goes first (a probe) and the others wait `PROBE_WAIT_S`: if the
+  server's window is still full (someone else spends the same key), only the probe meets a 429.
 * The scope is `<job name>@<hash of the API base URL>`: a job's `limits:` are its own budget, and
   the same job run against two servers (the simulator, production) does not share one.
 * `RedisSemaphore` holds `concurrency` leases (a sorted set scored by expiry); a holder refreshes its
@@ -40,6 +42,10 @@ WINDOW_S = 60.0
 WINDOW_MARGIN_S = 1.0
 """The Redis limiter counts a slightly longer minute: a request reaches the server a little after we
 count it, and that jitter must never let the server's own sliding minute see one request too many."""
+
+PROBE_WAIT_S = 1.0
+"""After a 429 cooldown, one request goes first; the rest wait this long for it to come back
+without a new 429 (a 429 answers at once) instead of all meeting a still-full server window."""
 
 LEASE_TTL_S = 15.0
 """A concurrency lease not refreshed for this long belongs to a dead worker and is freed."""
@@ -151,7 +157,8 @@ if not now then
 end
 """
 
-# KEYS: req, tok, toksum, cool. ARGV: now|'', rpm, tpm, requests, tokens, window_ms, member.
+# KEYS: req, tok, toksum, cool, probe (time of the cooldown that wants a probe), probe_at (when the
+# probe went). ARGV: now|'', rpm, tpm, requests, tokens, window_ms, member, probe_wait_ms.
 # Returns 0 when taken, else the milliseconds to wait before trying again.
 _ACQUIRE_LUA = (
     _NOW_LUA
@@ -171,6 +178,18 @@ if redis.call('ZCARD', KEYS[2]) == 0 or sum < 0 then sum = 0 end
 redis.call('SET', KEYS[3], sum, 'PX', window * 2)
 local cool = tonumber(redis.call('GET', KEYS[4]) or '0')
 if cool > now then return cool - now end
+local probing = false
+local probe = redis.call('GET', KEYS[5])
+if probe then
+  local sent = tonumber(redis.call('GET', KEYS[6]) or '0')
+  local wait = tonumber(ARGV[8])
+  if sent > tonumber(probe) then
+    if now - sent < wait then return wait - (now - sent) end
+    redis.call('DEL', KEYS[5], KEYS[6])  -- the probe met no 429: the server takes requests again
+  else
+    probing = true
+  end
+end
 if rpm > 0 then
   local n = redis.call('ZCARD', KEYS[1])
   if n + requests > rpm then
@@ -189,6 +208,7 @@ if tpm > 0 and sum > 0 and sum + tokens > tpm then
   end
   return 1000
 end
+if probing then redis.call('SET', KEYS[6], now, 'PX', window) end
 for i = 1, requests do redis.call('ZADD', KEYS[1], now, member .. ':' .. i) end
 if tokens ~= 0 then
   redis.call('ZADD', KEYS[2], now, member .. '|' .. tokens)
@@ -213,13 +233,15 @@ return sum
 """
 )
 
-# KEYS: cool. ARGV: now|'', ms. Extends, never shortens, the cooldown every worker honours.
+# KEYS: cool, probe. ARGV: now|'', ms, window_ms. Extends, never shortens, the cooldown every worker
+# honours, and asks for a probe when it ends.
 _COOLDOWN_LUA = (
     _NOW_LUA
     + """
 local untl = now + tonumber(ARGV[2])
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if untl > cur then redis.call('SET', KEYS[1], untl, 'PX', tonumber(ARGV[2])) end
+redis.call('SET', KEYS[2], now, 'PX', tonumber(ARGV[2]) + tonumber(ARGV[3]))
 return untl
 """
 )
@@ -266,7 +288,9 @@ class RedisLimiter:
         self._sleep = sleep
         self._window_ms = int(window_s * 1000)
         base = f"{KEY_PREFIX}{scope}:"
-        self._keys = {name: base + name for name in ("req", "tok", "toksum", "cool")}
+        names = ("req", "tok", "toksum", "cool", "probe", "probe_at")
+        self._keys = {name: base + name for name in names}
+        self._probe_wait_ms = int(PROBE_WAIT_S * 1000)
         self._acquire = redis.register_script(_ACQUIRE_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
         self._cooldown = redis.register_script(_COOLDOWN_LUA)
@@ -280,12 +304,10 @@ class RedisLimiter:
         from runner.redis_server import retrying
 
         k = self._keys
+        keys = [k["req"], k["tok"], k["toksum"], k["cool"], k["probe"], k["probe_at"]]
         args: list[str | int] = [self._now(), self.rpm or 0, self.tpm or 0, requests, tokens, self._window_ms]
-        args.append(uuid.uuid4().hex)
-        wait_ms = retrying(
-            lambda: self._acquire(keys=[k["req"], k["tok"], k["toksum"], k["cool"]], args=args),
-            what="rate limiter",
-        )
+        args += [uuid.uuid4().hex, self._probe_wait_ms]
+        wait_ms = retrying(lambda: self._acquire(keys=keys, args=args), what="rate limiter")
         return int(wait_ms) / 1000.0
 
     def acquire(self, requests: int = 1, tokens: int = 0) -> None:
@@ -312,9 +334,9 @@ class RedisLimiter:
         from runner.redis_server import retrying
 
         ms = max(1, int(seconds * 1000))
-        retrying(
-            lambda: self._cooldown(keys=[self._keys["cool"]], args=[self._now(), ms]), what="rate limiter"
-        )
+        args: list[str | int] = [self._now(), ms, self._window_ms]
+        keys = [self._keys["cool"], self._keys["probe"]]
+        retrying(lambda: self._cooldown(keys=keys, args=args), what="rate limiter")
 
 
 class RedisSemaphore:

@@ -14,6 +14,7 @@ import pytest
 from test_queue_support import started_redis
 
 from runner.limits import (
+    PROBE_WAIT_S,
     WINDOW_MARGIN_S,
     WINDOW_S,
     LocalLimiter,
@@ -155,6 +156,20 @@ def test_limits_redis_cooldown_is_honoured_by_every_limiter_of_the_scope(
     assert b.try_acquire() == pytest.approx(2.5)
     clock.now += 2.5
     assert b.try_acquire() == 0
+
+
+def test_limits_redis_after_a_cooldown_one_probe_goes_first(fake: fakeredis.FakeRedis, clock: Clock) -> None:
+    workers = [limiter(fake, clock) for _ in range(4)]
+    workers[0].cooldown(3.0)
+    clock.now += 3.0
+    assert workers[1].try_acquire() == 0  # the probe
+    assert [w.try_acquire() for w in workers] == [PROBE_WAIT_S] * 4  # the rest wait for its answer
+    workers[1].cooldown(2.0)  # the probe met a 429: a new cooldown, then a new probe
+    clock.now += 2.0
+    assert workers[2].try_acquire() == 0
+    assert workers[3].try_acquire() == pytest.approx(PROBE_WAIT_S)
+    clock.now += PROBE_WAIT_S  # no 429 came back: everyone goes again
+    assert [w.try_acquire() for w in workers] == [0, 0, 0, 0]
 
 
 def test_limits_scope_is_per_job_and_server_without_the_url() -> None:
