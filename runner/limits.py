@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 WINDOW_S = 60.0
 """Rate limits are per sliding minute, as the server counts them."""
 
-WINDOW_MARGIN_S = 1.0
+WINDOW_MARGIN_S = 2.0
 """The Redis limiter counts a slightly longer minute: a request reaches the server a little after we
-count it, and that jitter must never let the server's own sliding minute see one request too many."""
+count it (a busy machine may delay it by a second or more), and that jitter must never let the
+server's own sliding minute see one request too many. It caps the steady rate at 60/62 of the RPM."""
 
 PROBE_WAIT_S = 1.0
 """After a 429 cooldown, one request goes first; the rest wait this long for it to come back

@@ -52,6 +52,9 @@ REAP_EVERY_S = 3.0
 
 REAPER_LOCK = "runner:reaper"
 RESPAWN_BACKOFF_MAX_S = 30.0
+LOG_ROTATE_BYTES = 10 * 2**20
+"""`runner run` appends its workers' log under RUNNER_HOME/logs; past this size it starts a new one."""
+
 STOP_GRACE_S = 10.0
 """`runner run` gives its workers this long to stop after the batch is done, then kills them."""
 
@@ -135,6 +138,10 @@ def _work(redis_url: str, burst: bool, logging_level: str) -> None:
     except QueueError as e:
         log.error("%s", e)  # the pool starts another, with a growing pause
         sys.exit(75)
+    with contextlib.suppress(Exception):  # no key yet, or another backend: built at first use then
+        from runner.engine import shared_client
+
+        shared_client()  # this process's HTTP client, ready before it takes its first request slot
     RunnerWorker(redis).work(burst=burst, logging_level=logging_level)
     if burst and rq_queue(redis).count:
         sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
@@ -234,6 +241,9 @@ class LocalWorkers:
         import runner
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:  # keep one old generation, not all
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
         package_root = str(Path(runner.__file__).resolve().parent.parent)
         env = dict(os.environ, REDIS_URL=self.redis_url)  # in the environment, not argv: ps shows argv
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
