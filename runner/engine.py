@@ -31,11 +31,11 @@ import openai
 
 from runner.backends import Backend, get_backend
 from runner.checks import evaluate_turn
-from runner.errors import FatalAPIError, UsageError
+from runner.errors import FatalAPIError, ServerUnavailableError, UsageError
 from runner.limits import Limiter, LocalLimiter
 from runner.pipeline import RunOptions, RunOutcome
 from runner.progress import Progress
-from runner.retry import Caller, describe_error
+from runner.retry import Caller, describe_error, redact
 from runner.tasks import Api, AssistantSpec, ConversationTask
 from runner.transcripts import Record, TurnRecord, add_usage, empty_usage, write_records
 
@@ -106,9 +106,16 @@ def prepare_tasks(
     specs: dict[str, AssistantSpec] = {}
     for t in todo:
         specs.setdefault(t.assistant.key, t.assistant)
-    backend = backend_for(Api.ASSISTANTS, client or shared_client())
+    client = client or shared_client()
+    backend = backend_for(Api.ASSISTANTS, client)
     caller = Caller(limiter, max_attempts=job.limits.max_attempts)
-    ids = backend.prepare(list(specs.values()), caller)
+    try:
+        ids = backend.prepare(list(specs.values()), caller)
+    except openai.APIError as e:  # retries exhausted: nothing can run without the assistants
+        where = redact(str(client.base_url))
+        raise ServerUnavailableError(
+            f"could not prepare the assistants at {where}: {describe_error(e)}"
+        ) from None
     log.info("prepared %d assistant(s) in %d request(s)", len(ids), caller.requests)
     out = []
     for t in tasks:

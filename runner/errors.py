@@ -6,7 +6,8 @@ Library code raises these; only the CLI turns them into a message and an exit co
     ├── UsageError                   exit 2  bad option values, missing files
     ├── JobFileError                 exit 2  an invalid job file (carries every problem found)
     ├── BackendError                 exit 1  the API answered in a way we cannot use
-    │   └── FatalAPIError            exit 3  authentication rejected or quota exhausted: stop everything
+    │   ├── FatalAPIError            exit 3  authentication rejected or quota exhausted: stop everything
+    │   └── ServerUnavailableError   exit 3  the API could not be reached to prepare the run
     ├── QueueError                   exit 3  Redis unreachable or a batch that does not exist
     └── SimulatorError               exit 3  the built-in simulator could not start
 
@@ -59,6 +60,12 @@ class BackendError(RunnerError):
 
 class FatalAPIError(BackendError):
     """401/403 or insufficient quota: retrying cannot help and nothing more should be sent."""
+
+    exit_code = 3
+
+
+class ServerUnavailableError(BackendError):
+    """The API stayed unreachable (or kept failing) through every retry before anything could run."""
 
     exit_code = 3
 

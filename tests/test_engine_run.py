@@ -208,3 +208,24 @@ def test_engine_run_inline_missing_key_is_a_usage_error(tmp_path: Path) -> None:
     assert (
         result.stderr == "error: OPENAI_API_KEY is not set (or use --simulate to run against the simulator)\n"
     )
+
+
+def test_engine_run_inline_unreachable_server_exits_3_with_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-unreachable")
+    job = write_job(tmp_path, "assistants", conversations=2, limits={"max_attempts": 2})
+    result = run(str(job), "-o", "out.jsonl")
+
+    assert result.exit_code == 3
+    assert result.stderr == (
+        f"error: could not prepare the assistants at http://127.0.0.1:{port}/v1/: "
+        "connection error (no answer from the server)\n"
+    )
+    assert not (tmp_path / "out.jsonl").exists()
