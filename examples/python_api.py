@@ -17,9 +17,8 @@ outcome = run_job(
 )
 for record in outcome.records:
     failed = [c for t in record["turns"] for c in t["checks"] if not c["passed"]]
-    print(
-        f"{record['conversation_id']}: {record['status']}, passed={record['passed']}, {len(failed)} failed checks"
-    )
+    status, passed = record["status"], record["passed"]
+    print(f"{record['conversation_id']}: {status}, passed={passed}, {len(failed)} failed checks")
 
 summary = summarize(outcome.records)
 print(f"pass rate {summary.pass_rate:.0%}, {summary.tokens} tokens, transcripts in {outcome.output}")
