@@ -79,15 +79,21 @@ def test_queue_run_resumes_after_an_interrupt_without_rerunning_finished_convers
             "1",
             "--no-progress",
         ]
-        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_until(lambda: job_runs(sim.stats()) >= 3, 90, 0.05, "three conversations done")
-            time.sleep(0.2)  # the third is in flight: the workers' grace lets it finish
-            first.send_signal(signal.SIGINT)
-            _, stderr = first.communicate(timeout=60)
-        finally:
-            if first.poll() is None:
-                first.kill()
+        # Output to a file, not a pipe nobody reads while we wait (a full pipe would block the run).
+        err_path = tmp_path / "first.stderr"
+        with (
+            open(err_path, "w") as err,
+            subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True) as first,
+        ):
+            try:
+                wait_until(lambda: job_runs(sim.stats()) >= 3, 90, 0.05, "three conversations done")
+                time.sleep(0.2)  # the third is in flight: the workers' grace lets it finish
+                first.send_signal(signal.SIGINT)
+                first.wait(timeout=60)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+        stderr = err_path.read_text()
         assert first.returncode == 130, stderr
         partial = {r["conversation_id"]: r for r in read_jsonl(out)}
         assert 3 <= len(partial) < 10
