@@ -4,10 +4,13 @@ What pydantic cannot see one key at a time is checked here against the whole job
 naming assistants, unique ids, `{{var}}`s defined for every dataset row and matrix combination,
 `tool_outputs` naming real function tools, the datasets themselves (with their own paths and
 lines). The same pass builds the tasks, so a file that validates has already been expanded once.
+An invalid conversation is still checked on the keys, turns and checks of it that validate on
+their own (never on guesses: with invalid `vars` its `{{var}}`s go unchecked); only valid ones expand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import itertools
@@ -23,7 +26,7 @@ from pydantic import (
     ValidationError,
 )
 
-from runner.checks import check_value_problem
+from runner.checks import Check, check_value_problem
 from runner.errors import Problem
 from runner.jobfile import (
     MATRIX_KEYS,
@@ -33,6 +36,7 @@ from runner.jobfile import (
     Conversation,
     Job,
     Loc,
+    Turn,
 )
 from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, Limits, TurnSpec
 from runner.yamlload import (
@@ -62,7 +66,7 @@ class Parts:
     repeat: int = 1
     limits: Limits = field(default_factory=Limits)
     complete: bool = True  # False: the matrix is unknown, so undefined vars cannot be told
-    broken_datasets: list[tuple[int, str]] = field(default_factory=list)  # of invalid conversations
+    partial: list[tuple[int, ConvParts]] = field(default_factory=list)  # what validated of invalid ones
 
     @classmethod
     def of(cls, job: Job | None, data: dict[str, Any]) -> Parts:
@@ -84,6 +88,7 @@ class Parts:
         matrix: Any = data.get("matrix")
         matrix_ok = isinstance(matrix, dict) and all(isinstance(v, list) for v in matrix.values())
         convs = [(i, valid(Conversation, v)) for i, v in enumerate(raw_convs)]
+        partial = [(i, ConvParts.of_raw(raw_convs[i])) for i, c in convs if c is None]
         return cls(
             name=str(data.get("name")),
             api=Api(data["api"]) if data.get("api") in [a.value for a in Api] else Api.ASSISTANTS,
@@ -93,14 +98,88 @@ class Parts:
             conversations=[(i, c) for i, c in convs if c is not None],
             matrix=matrix if matrix_ok else {},
             complete=matrix_ok or matrix is None,
-            broken_datasets=[
-                (i, d) for i, c in convs if c is None and isinstance(d := _get(raw_convs[i]), str)
-            ],
+            partial=partial,
         )
 
 
-def _get(raw: Any, key: str = "dataset") -> Any:
-    return raw.get(key) if isinstance(raw, dict) else None
+@dataclass(frozen=True)
+class ConvParts:
+    """What validated of one conversation, as the checks across keys need it."""
+
+    id: str | None
+    assistant: str | None
+    assistant_ok: bool  # False: `assistant` did not validate, so which one is meant is unknown
+    vars: dict[str, Any] | None  # None: did not validate, so which vars exist is unknown
+    dataset: str | None
+    dataset_ok: bool
+    tool_outputs: dict[str, Any]
+    texts: list[tuple[Loc, Any]]  # user texts and check values that validated, by place in the conversation
+
+    @classmethod
+    def of(cls, conv: Conversation) -> ConvParts:
+        texts = [t for j, turn in enumerate(conv.turns) for t in _texts(j, turn.user, enumerate(turn.expect))]
+        return cls(conv.id, conv.assistant, True, conv.vars, conv.dataset, True, conv.tool_outputs, texts)
+
+    @classmethod
+    def of_raw(cls, raw: Any) -> ConvParts:
+        """The keys, turns and checks of an invalid conversation that validate on their own: pydantic
+        checks each field apart, so a key without an error at its place is valid as it is."""
+        bad = _bad_keys(Conversation, raw)
+        if bad is None:
+            return cls(None, None, False, None, None, False, {}, [])
+        ok = {k: k not in bad for k in ("id", "assistant", "vars", "dataset", "tool_outputs")}
+        texts: list[tuple[Loc, Any]] = []
+        turns = raw.get("turns")
+        for j, turn in enumerate(turns if isinstance(turns, list) else ()):
+            texts += _raw_texts(j, turn)
+        return cls(
+            id=raw["id"] if ok["id"] and isinstance(raw.get("id"), str) else None,
+            assistant=raw.get("assistant") if ok["assistant"] else None,
+            assistant_ok=ok["assistant"],
+            vars=raw.get("vars", {}) if ok["vars"] else None,
+            dataset=raw.get("dataset") if ok["dataset"] else None,
+            dataset_ok=ok["dataset"],
+            tool_outputs=raw.get("tool_outputs", {}) if ok["tool_outputs"] else {},
+            texts=texts,
+        )
+
+
+def _bad_keys(model: type[BaseModel], raw: Any) -> set[str | int] | None:
+    """The keys of `raw` with a validation error (empty if it validates); None if it is no mapping."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        model.model_validate(raw)
+    except ValidationError as e:
+        locs = [err["loc"] for err in e.errors()]
+        return None if () in locs else {loc[0] for loc in locs}
+    return set()
+
+
+def _texts(j: int, user: str | None, expect: Iterable[tuple[int, Check]]) -> Iterable[tuple[Loc, Any]]:
+    """Where a turn's `{{var}}`s may be, and their text (a user message, check values)."""
+    if user is not None:
+        yield ("turns", j, "user"), user
+    for k, check in expect:
+        spec = check.spec()
+        yield ("turns", j, "expect", k, spec.type), spec.value
+
+
+def _raw_texts(j: int, turn: Any) -> list[tuple[Loc, Any]]:
+    """`_texts` of the parts of a turn that validate (a check is valid or invalid on its own)."""
+    bad = _bad_keys(Turn, turn)
+    if bad is None:
+        return []
+    if not bad:
+        valid = Turn.model_validate(turn)
+        return list(_texts(j, valid.user, enumerate(valid.expect)))
+    user = turn.get("user") if "user" not in bad else None  # a number: valid, but no `{{var}}` in it
+    checks: list[tuple[int, Check]] = []
+    expect = turn.get("expect")
+    for k, raw in enumerate(expect if isinstance(expect, list) else ()):
+        with contextlib.suppress(ValidationError):
+            checks.append((k, Check.model_validate(raw)))
+    return list(_texts(j, user if isinstance(user, str) else None, checks))
 
 
 def _names(value: Any) -> Iterable[str]:
@@ -199,25 +278,25 @@ class Checker:
         self._matrix()
         first_id: dict[str, int] = {}
         used: dict[int, str] = {}
-        for i, conv in parts.conversations:
+        views = [(i, ConvParts.of(c)) for i, c in parts.conversations] + parts.partial
+        for i, conv in sorted(views, key=lambda v: v[0]):
             at: Loc = ("conversations", i)
-            if conv.id in first_id:
+            if conv.id is not None and conv.id in first_id:
                 self.problem(
                     (*at, "id"), f"duplicate conversation id {conv.id!r} (first at line {first_id[conv.id]})"
                 )
-            first_id.setdefault(conv.id, self.loc.line((*at, "id")) or 0)
-            for name in conv.vars:
+            elif conv.id is not None:
+                first_id[conv.id] = self.loc.line((*at, "id")) or 0
+            for name in conv.vars or {}:
                 if not re.match(VAR_PATTERN, name):
                     self.problem((*at, "vars", name), f"{name!r} is not a variable name (letters, digits, _)")
             if load and conv.dataset is not None:
                 self._load_dataset(i, conv.dataset)
-            key = self._assistant(i, conv)
+            key = self._assistant(i, conv) if conv.assistant_ok else None
             if key is not None:
                 used[i] = key
                 self._tool_outputs(i, conv, key)
             self._vars(i, conv)
-        for i, dataset in parts.broken_datasets if load else ():
-            self._load_dataset(i, dataset)  # its conversation is invalid, but report its rows' problems too
         only_assistants_api = parts.api == Api.ASSISTANTS and "api" not in parts.matrix
         for key in parts.assistant_keys:
             a = parts.assistants.get(key)
@@ -239,7 +318,7 @@ class Checker:
                 )
         return _Expansion(self).run(used)
 
-    def _assistant(self, i: int, conv: Conversation) -> str | None:
+    def _assistant(self, i: int, conv: ConvParts) -> str | None:
         keys = self.parts.assistant_keys
         if conv.assistant is None and len(keys) > 1:
             self.problem(
@@ -253,7 +332,7 @@ class Checker:
             return conv.assistant or keys[0]
         return None
 
-    def _tool_outputs(self, i: int, conv: Conversation, key: str) -> None:
+    def _tool_outputs(self, i: int, conv: ConvParts, key: str) -> None:
         assistant = self.parts.assistants.get(key)
         if assistant is None or (assistant.id is not None and not assistant.tools):
             return  # invalid (reported), or an existing assistant whose tools live on the server
@@ -288,18 +367,17 @@ class Checker:
             self.datasets[i] = (shown, rows)
             self._bytes[str(path.resolve())] = raw
 
-    def _vars(self, i: int, conv: Conversation) -> None:
+    def _vars(self, i: int, conv: ConvParts) -> None:
+        if conv.vars is None or not conv.dataset_ok:
+            return  # which vars the conversation defines is unknown: no guessing
         defined = set(conv.vars) | {k for k in self.parts.matrix if k not in MATRIX_KEYS}
         if conv.dataset is not None:
             if self.datasets is None or i not in self.datasets:
                 return  # the dataset could not be read: its columns are unknown
             for row in self.datasets[i][1]:
                 defined.update(row.values)
-        for j, turn in enumerate(conv.turns):
-            self._defined(("conversations", i, "turns", j, "user"), turn.user, defined)
-            for k, check in enumerate(turn.expect):
-                spec = check.spec()
-                self._defined(("conversations", i, "turns", j, "expect", k, spec.type), spec.value, defined)
+        for at, value in conv.texts:
+            self._defined(("conversations", i, *at), value, defined)
 
     def _defined(self, at: Loc, value: Any, defined: set[str]) -> None:
         for name in dict.fromkeys(_names(value)):

@@ -285,6 +285,45 @@ CASES = [
         "name: t\nmodel: m\nassistants:\n  a:\n    tools:\n      - type: function\n        function: {name: lookup_order}\nconversations:\n  - id: c\n    tool_outputs: {lookup_ordr: x}\n    turns: [{user: hi}]\n",
         "job.yaml:10: conversations[0].tool_outputs.lookup_ordr: assistant 'a' has no function tool 'lookup_ordr' (did you mean 'lookup_order'?); it has: lookup_order",
     ),
+    # --- an invalid conversation: what did validate of it is still checked across keys
+    case(
+        "invalid-conversation-still-checked",
+        "name: probe\nassistants:\n  a: {instructions: Be brief., model: gpt-4o-mini}\nconversations:\n  - id: one\n    turns:\n      - user: hello {{who}}\n        expect: [{contain: hello}]\n  - id: one\n    turns: []\n",
+        "job.yaml:7: conversations[0].turns[0].user: {{who}} is not defined (define it in `vars`, a dataset column or a matrix key)",
+        f"job.yaml:8: conversations[0].turns[0].expect[0]: unknown check type 'contain' (did you mean 'contains'?); valid types: {CHECKS_LIST}",
+        "job.yaml:9: conversations[1].id: duplicate conversation id 'one' (first at line 5)",
+        "job.yaml:10: conversations[1].turns: must not be empty",
+    ),
+    case(
+        "invalid-conversation-unknown-assistant",
+        HEAD
+        + "conversations:\n  - id: c\n    assistant: b\n    turns:\n      - user: hi\n        expect: [{contain: x}]\n",
+        "job.yaml:7: conversations[0].assistant: unknown assistant 'b'; defined: a",
+        f"job.yaml:10: conversations[0].turns[0].expect[0]: unknown check type 'contain' (did you mean 'contains'?); valid types: {CHECKS_LIST}",
+    ),
+    case(
+        "invalid-vars-no-undefined-var-guesses",
+        HEAD + "conversations:\n  - id: c\n    vars: [x]\n    turns: [{user: 'hi {{x}} {{y}}'}]\n",
+        "job.yaml:7: conversations[0].vars: expected a mapping (key: value), got a list",
+    ),
+    case(
+        "invalid-turn-valid-checks-still-checked",
+        HEAD
+        + "conversations:\n  - id: c\n    turns:\n      - user: ''\n        expect: [{contains: '{{z}}'}, {regex: '('}]\n      - {user: '{{q}}', extra: 1}\n",
+        "job.yaml:8: conversations[0].turns[0].user: must not be empty",
+        "job.yaml:9: conversations[0].turns[0].expect[1]: invalid regex '(': missing ), unterminated subpattern at position 0",
+        "job.yaml:9: conversations[0].turns[0].expect[0].contains: {{z}} is not defined (define it in `vars`, a dataset column or a matrix key)",
+        "job.yaml:10: conversations[0].turns[1]: unknown key 'extra'; valid keys: expect, user",
+        "job.yaml:10: conversations[0].turns[1].user: {{q}} is not defined (define it in `vars`, a dataset column or a matrix key)",
+    ),
+    case(
+        "invalid-conversation-dataset-columns",
+        HEAD
+        + "conversations:\n  - id: c\n    dataset: rows.jsonl\n    extra: 1\n    turns: [{user: 'hi {{name}} {{nme}}'}]\n",
+        "job.yaml:8: conversations[0]: unknown key 'extra'; valid keys: assistant, dataset, id, tool_outputs, turns, vars",
+        "job.yaml:9: conversations[0].turns[0].user: {{nme}} is not defined (did you mean 'name'?); defined: name (define it in `vars`, a dataset column or a matrix key)",
+        rows_dot_jsonl='{"name": "ada"}\n',
+    ),
     # --- check values
     case(
         "invalid-regex",
