@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from runner.errors import QueueError
+from runner.errors import UnknownBatchError
 from runner.redis_server import retrying
 from runner.tasks import ConversationTask
 from runner.transcripts import Record
@@ -250,7 +250,7 @@ class Batch:
     def require(self) -> BatchInfo:
         info = self.info()
         if info is None:
-            raise QueueError(
+            raise UnknownBatchError(
                 f"no batch {self.id} on this Redis (batches are kept {BATCH_TTL_S // 86400} days)"
             )
         return info

@@ -4,11 +4,12 @@ Library code raises these; only the CLI turns them into a message and an exit co
 
     RunnerError                      exit 1 unless a subclass says otherwise
     ├── UsageError                   exit 2  bad option values, missing files
+    │   └── UnknownBatchError        exit 2  a batch id that this Redis does not hold
     ├── JobFileError                 exit 2  an invalid job file (carries every problem found)
     ├── BackendError                 exit 1  the API answered in a way we cannot use
     │   ├── FatalAPIError            exit 3  authentication rejected or quota exhausted: stop everything
     │   └── ServerUnavailableError   exit 3  the API could not be reached to prepare the run
-    ├── QueueError                   exit 3  Redis unreachable or a batch that does not exist
+    ├── QueueError                   exit 3  Redis unreachable
     └── SimulatorError               exit 3  the built-in simulator could not start
 
 Messages are meant for users and never contain an API key or a password.
@@ -27,6 +28,10 @@ class RunnerError(Exception):
 
 class UsageError(RunnerError):
     exit_code = 2
+
+
+class UnknownBatchError(UsageError):
+    """Like a missing file: the batch id names nothing on this Redis (mistyped, or expired)."""
 
 
 @dataclass(frozen=True)

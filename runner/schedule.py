@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import redis as redis_lib
 
 from runner.cron import Cron, cron_problem, parse_cron
-from runner.errors import JobFileError, Problem, QueueError, RunnerError, UsageError
+from runner.errors import JobFileError, Problem, QueueError, RunnerError, UnknownBatchError, UsageError
 
 if TYPE_CHECKING:
     from runner.jobfile import Job
@@ -546,7 +546,7 @@ def schedule_status(redis: redis_lib.Redis) -> list[dict[str, Any]]:
                 row[key] = h.get(key) or None
             try:
                 row["result"] = batch_status(row["last_batch"], redis) if row["last_batch"] else None
-            except QueueError:
+            except (QueueError, UnknownBatchError):  # expired, or Redis away
                 row["result"] = None
             row["summary"] = _summary(row)
             rows.append(row)

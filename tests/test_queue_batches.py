@@ -181,7 +181,7 @@ def test_queue_collect_and_status_commands(
     assert "workers alive: 4" in result.output
 
     result = runner.invoke(main, ["status", "no-such-batch", "--redis-url", url])
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert "no batch no-such-batch on this Redis" in result.output
 
 

@@ -102,11 +102,11 @@ def test_queue_bad_job_file_exits_2_before_touching_redis(tmp_path: Path) -> Non
     assert (result.exit_code, result.output) == (2, f"error: {bad}:3: conversations: must not be empty\n")
 
 
-def test_queue_unknown_batch_exits_3(server: tuple[RedisServer, redis.Redis]) -> None:
+def test_queue_unknown_batch_exits_2(server: tuple[RedisServer, redis.Redis]) -> None:
     for command in (["status", "nope"], ["collect", "nope"], ["retry", "nope"]):
         result = CliRunner().invoke(main, [*command, "--redis-url", server[0].url])
         assert (result.exit_code, result.output) == (
-            3,
+            2,
             "error: no batch nope on this Redis (batches are kept 7 days)\n",
         )
 
