@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import redis
 import yaml
@@ -113,17 +114,9 @@ def worker_pool(
 ) -> Iterator[LocalWorkers]:
     """`runner worker -n N` as a subprocess, pointed at a simulator; stopped (and killed) afterwards."""
     extra = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": api_key, **(env or {})}
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
     workers = LocalWorkers(redis_url, processes, log_path, burst=burst)
-    try:
+    with mock.patch.dict(os.environ, extra):  # the pool inherits it; this process gets it back
         workers.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield workers
     finally:

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -153,16 +154,9 @@ def _run(job_text: str, job_path: Path, out: Path) -> Path:
     from runner.pipeline import RunOptions, run_job
 
     job_path.write_text(job_text, encoding="utf-8")
-    saved = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    os.environ.pop("OPENAI_BASE_URL", None)
-    try:
+    with mock.patch.dict(os.environ):  # restored afterwards, whatever the run set
+        os.environ.pop("OPENAI_BASE_URL", None)
         run_job(str(job_path), RunOptions(output=str(out), inline=True, simulate=True, progress=False))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return out
 
 
