@@ -36,8 +36,8 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.engine import prepare_tasks, run_conversation
-from runner.limits import Unlimited
+from runner.engine.conversation import prepare_tasks, run_conversation
+from runner.engine.limits import Unlimited
 from runner.simulator import SimulatorConfig, start_simulator
 from runner.tasks import Api, AssistantSpec, ConversationTask, Limits, TurnSpec
 

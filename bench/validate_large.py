@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from runner.jobfile import expand, load_job
+from runner.jobs import expand, load_job
 
 JOB = """\
 name: large

@@ -3,22 +3,20 @@ and look at the records. Run it from the repository root: `python examples/pytho
 
 from __future__ import annotations
 
-from runner.jobfile import expand, load_job
-from runner.pipeline import RunOptions, run_job
-from runner.report import summarize
+from runner import Outcome, RunOptions, expand, load_job, outcome, run_job
 
 JOB = "jobs/quickstart.yaml"
 
 job = load_job(JOB)  # raises runner.errors.JobFileError listing every problem
 print(f"{job.name}: {len(expand(job))} conversations")
 
-outcome = run_job(
+result = run_job(
     JOB, RunOptions(simulate=True, inline=True, progress=False, output="runs/api-example.jsonl")
 )
-for record in outcome.records:
+for record in result.records:
     failed = [c for t in record["turns"] for c in t["checks"] if not c["passed"]]
     status, passed = record["status"], record["passed"]
     print(f"{record['conversation_id']}: {status}, passed={passed}, {len(failed)} failed checks")
 
-summary = summarize(outcome.records)
-print(f"pass rate {summary.pass_rate:.0%}, {summary.tokens} tokens, transcripts in {outcome.output}")
+passed = sum(outcome(r) is Outcome.PASSED for r in result.records)
+print(f"{passed}/{len(result.records)} passed, transcripts in {result.output}")

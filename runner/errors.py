@@ -81,3 +81,8 @@ class QueueError(RunnerError):
 
 class SimulatorError(RunnerError):
     exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with what the user needs to know (where the partial output is, how to
+    finish). A KeyboardInterrupt, not a RunnerError: whatever catches Ctrl-C catches it."""

@@ -1,6 +1,6 @@
 """Conversation tasks: the internal, fully expanded unit of work.
 
-`runner.jobfile` turns a job file into these (vars substituted, dataset rows, matrix combinations
+`runner.jobs.models` turns a job file into these (vars substituted, dataset rows, matrix combinations
 and repeats expanded); backends, workers and the queue consume them. They cross Redis as JSON
 (`model_dump(mode="json")` / `model_validate`), so they hold no secrets and no Python objects.
 """

@@ -10,11 +10,11 @@ import openai
 import pytest
 from test_engine_support import RULES, SPEC, TOOL, AnswerDroppingProxy, make_task, turns
 
-from runner.backends import assistants as assistants_backend
-from runner.backends.assistants import AssistantsBackend
-from runner.engine import prepare_tasks, run_conversation
-from runner.limits import Unlimited
-from runner.retry import Caller
+from runner.engine.backends import assistants as assistants_backend
+from runner.engine.backends.assistants import AssistantsBackend
+from runner.engine.conversation import prepare_tasks, run_conversation
+from runner.engine.limits import Unlimited
+from runner.engine.retry import Caller
 from runner.simulator import RunningSimulator
 from runner.tasks import Api, AssistantSpec, Limits
 

@@ -8,8 +8,8 @@ import openai
 import pytest
 from test_engine_support import RULES, make_task, turns
 
-from runner.engine import run_conversation
-from runner.limits import Unlimited
+from runner.engine.conversation import run_conversation
+from runner.engine.limits import Unlimited
 from runner.simulator import RunningSimulator
 from runner.tasks import Api
 

@@ -8,9 +8,9 @@ import openai
 import pytest
 from test_engine_support import RULES, AnswerDroppingProxy, make_task, turns
 
-from runner.backends.responses import response_tool
-from runner.engine import run_conversation
-from runner.limits import Unlimited
+from runner.engine.backends.responses import response_tool
+from runner.engine.conversation import run_conversation
+from runner.engine.limits import Unlimited
 from runner.simulator import RunningSimulator
 from runner.tasks import Api
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from runner.checks import CHECK_TYPES, check_value_problem, evaluate_turn
+from runner.jobs.checks import CHECK_TYPES, check_value_problem, evaluate_turn
+from runner.records import TurnRecord
 from runner.tasks import CheckSpec
-from runner.transcripts import TurnRecord
 
 
 def turn(

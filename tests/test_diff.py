@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from runner.cli import main
-from runner.diff import diff_records, render_diff
+from runner.reports.diff import diff_records, render_diff
 
 try:
     from test_report_runs import JOB, Runs, make_check, make_record, make_turn, read, runs, write_jsonl

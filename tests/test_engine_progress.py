@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from runner.progress import Progress
+from runner.run.progress import Progress
 
 
 class Clock:

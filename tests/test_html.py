@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.html_report import histogram_svg, render_html, write_html
-from runner.pricing import load_prices
-from runner.report import load_transcripts
+from runner.reports.html import histogram_svg, render_html, write_html
+from runner.reports.pricing import load_prices
+from runner.reports.summary import load_transcripts
 
 try:
     from test_report_runs import JOB, Runs, make_check, make_record, make_turn, runs

@@ -1,6 +1,7 @@
 """The HTML report in a real browser: headless Chromium runs its script, we read the rendered DOM.
 
-Needs Debian's `chromium` (`apt-get install -y chromium`); skipped, saying so, when no Chromium
+Needs Debian's `chromium` (`apt-get install -y chromium`); without it, fails in CI and is skipped
+elsewhere (see conftest.missing_component), saying so, when no Chromium
 binary exists. A screenshot of a failed conversation's detail is saved as a test artifact under
 $RUNNER_TEST_ARTIFACTS (default `test-artifacts/` in the repository).
 """
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
+from conftest import missing_component
 
 from runner.cli import main
 
@@ -51,7 +53,7 @@ ARTIFACTS = Path(
 def chromium(url: str, profile: Path, *args: str) -> str:
     """Run headless Chromium once on `url` with a fresh profile; its stdout."""
     if CHROMIUM is None:
-        pytest.skip("no Chromium binary (chromium, chromium-browser, google-chrome) on PATH")
+        missing_component("no Chromium binary (chromium, chromium-browser, google-chrome) on PATH")
     cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args, url]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True

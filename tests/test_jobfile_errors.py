@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from runner.cli import main
 from runner.errors import JobFileError
-from runner.jobfile import load_job
+from runner.jobs import load_job
 
 HEAD = """\
 name: t

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import JobFileError
-from runner.jobfile import Job, assistant_specs, expand, load_job, render_output
+from runner.jobs import Job, assistant_specs, expand, load_job, render_output
 from runner.tasks import Api, ConversationTask, Limits
 
 CONTRACT_JOB = """\
@@ -281,7 +281,7 @@ def test_jobfile_expand_tasks_survive_json_round_trip(grid: Path) -> None:
 def test_jobfile_expand_ids_stable_across_loads_and_processes(grid: Path) -> None:
     first = [t.conversation_id for t in expand(load_job(grid))]
     assert first == [t.conversation_id for t in expand(load_job(grid))]
-    code = "import sys; from runner.jobfile import expand, load_job; print('\\n'.join(t.conversation_id for t in expand(load_job(sys.argv[1]))))"
+    code = "import sys; from runner.jobs import expand, load_job; print('\\n'.join(t.conversation_id for t in expand(load_job(sys.argv[1]))))"
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from runner.errors import JobFileError
-from runner.jobfile import expand, load_job
-from runner.yamlload import MAX_YAML_BYTES, YAMLProblems, load_yaml
+from runner.jobs import expand, load_job
+from runner.jobs.yamlload import MAX_YAML_BYTES, YAMLProblems, load_yaml
 
 MANY_PROBLEMS = """\
 name: multi

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.jobfile import expand, load_job
-from runner.pipeline import RunOptions, run_job
+from runner.jobs import expand, load_job
+from runner.run.job import RunOptions, run_job
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SAMPLES = sorted(JOBS.glob("*.yaml"))

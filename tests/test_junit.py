@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from junitparser import Error, Failure, JUnitXml, TestCase, TestSuite
 
 from runner.cli import main
-from runner.junit import write_junit
+from runner.reports.junit import write_junit
 
 try:
     from test_report_runs import JOB, Runs, make_check, make_record, make_turn, read, runs

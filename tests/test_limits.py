@@ -13,15 +13,8 @@ import fakeredis
 import pytest
 from test_queue_support import started_redis
 
-from runner.limits import (
-    PROBE_WAIT_S,
-    WINDOW_MARGIN_S,
-    WINDOW_S,
-    LocalLimiter,
-    RedisLimiter,
-    RedisSemaphore,
-    limiter_scope,
-)
+from runner.engine.limits import WINDOW_MARGIN_S, WINDOW_S, LocalLimiter
+from runner.queue.limits import PROBE_WAIT_S, RedisLimiter, RedisSemaphore, limiter_scope
 
 
 class Clock:

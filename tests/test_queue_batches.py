@@ -28,14 +28,14 @@ from test_queue_support import (
     write_job,
 )
 
-from runner.batch import Batch
 from runner.cli import main
-from runner.collector import collect
-from runner.jobfile import expand, load_job
-from runner.queue import enqueue_job, retry_batch
-from runner.redis_server import RedisServer
+from runner.jobs import expand, load_job
+from runner.queue.batch import Batch
+from runner.queue.collector import collect
+from runner.queue.enqueue import enqueue_job, retry_batch
+from runner.queue.redis_server import RedisServer
+from runner.queue.worker import LocalWorkers
 from runner.simulator import RunningSimulator, SimulatorConfig, SimulatorRules, start_simulator
-from runner.worker import LocalWorkers
 
 pytestmark = pytest.mark.slow
 

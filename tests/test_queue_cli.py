@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from test_queue_support import FAKE_KEY, scan_for, started_redis, write_job
 
 from runner.cli import main
-from runner.queue import QUEUE_NAME, job_id_for, rq_queue
-from runner.redis_server import RedisServer
+from runner.queue.conversations import QUEUE_NAME, job_id_for, rq_queue
+from runner.queue.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_queue_enqueue_prints_the_batch_id_and_enqueues_each_conversation_once(
 
     # JSON only: the job's payload is JSON naming our function, the task and the batch, no secret.
     data = json.loads(zlib.decompress(client.hget(f"rq:job:{expected[0]}", "data")))
-    assert data[0] == "runner.queue.run_task"
+    assert data[0] == "runner.queue.execute.run_task"
     assert data[2][1] == batch_id and data[2][0]["job"] == "cli-enqueue"
     assert data[3] == {"generation": 1, "attempt": 1}
     assert scan_for(client, [FAKE_KEY, "pw-cli-1234"]) == []

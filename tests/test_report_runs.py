@@ -1,6 +1,6 @@
 """Transcripts for the report tests: real runs against the simulator, and hand-made records.
 
-`real_runs()` runs small job files (written here) through `runner.pipeline.run_job` with
+`real_runs()` runs small job files (written here) through `runner.run.job.run_job` with
 `inline=True, simulate=True`, once per test session, and keeps the JSONL files:
 
 - `main`: repeat 2 of six conversations: one passing (with a tool call), one failing a check, one
@@ -151,7 +151,7 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
 
 
 def _run(job_text: str, job_path: Path, out: Path) -> Path:
-    from runner.pipeline import RunOptions, run_job
+    from runner.run.job import RunOptions, run_job
 
     job_path.write_text(job_text, encoding="utf-8")
     with mock.patch.dict(os.environ):  # restored afterwards, whatever the run set
@@ -194,7 +194,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
 
 def outcome_of(record: dict[str, Any]) -> str:
-    from runner.report import outcome
+    from runner.reports.summary import outcome
 
     return outcome(record)  # type: ignore[arg-type]
 

@@ -11,9 +11,8 @@ import httpx2
 import openai
 import pytest
 
-from runner.errors import FatalAPIError
-from runner.limits import LocalLimiter
-from runner.retry import (
+from runner.engine.limits import LocalLimiter
+from runner.engine.retry import (
     Caller,
     backoff_s,
     describe_error,
@@ -23,6 +22,7 @@ from runner.retry import (
     retry_wait_s,
     server_wait_s,
 )
+from runner.errors import FatalAPIError
 
 URL = "http://127.0.0.1:9/v1/threads/runs"
 CLIENT = openai.OpenAI(api_key="sk-test-key-123456", base_url="http://127.0.0.1:9/v1", max_retries=0)

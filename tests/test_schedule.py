@@ -20,13 +20,13 @@ from click.testing import CliRunner
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from runner.batch import BATCHES_KEY, Batch
 from runner.cli import main
-from runner.cron import cron_problem, parse_cron
 from runner.errors import JobFileError, UsageError
-from runner.queue import QUEUE_NAME, job_id_for
-from runner.redis_server import RedisServer, connect
-from runner.schedule import Scheduler, schedule_status, tick_batch_id
+from runner.jobs.cron import cron_problem, parse_cron
+from runner.queue.batch import BATCHES_KEY, Batch
+from runner.queue.conversations import QUEUE_NAME, job_id_for
+from runner.queue.redis_server import RedisServer, connect
+from runner.queue.scheduler import Scheduler, schedule_status, tick_batch_id
 from runner.simulator import RunningSimulator
 
 T0 = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)  # an hour before the daily 06:00 tick
@@ -103,7 +103,7 @@ class Lines:
         self.caplog = caplog
 
     def __iter__(self) -> Iterator[str]:
-        return iter([rec.getMessage() for rec in self.caplog.records if rec.name == "runner.schedule"])
+        return iter([rec.getMessage() for rec in self.caplog.records if rec.name == "runner.queue.scheduler"])
 
     def __contains__(self, line: object) -> bool:
         return line in list(self)
@@ -111,7 +111,7 @@ class Lines:
 
 @pytest.fixture
 def lines(caplog: pytest.LogCaptureFixture) -> Lines:
-    caplog.set_level(logging.INFO, logger="runner.schedule")
+    caplog.set_level(logging.INFO, logger="runner.queue.scheduler")
     return Lines(caplog)
 
 
@@ -198,7 +198,7 @@ def test_schedule_enqueues_one_batch_per_tick_output_from_tick_time(
     assert raw is not None
     assert json.loads(zlib.decompress(raw))[2][1] == "nightly-20261127T060000Z"
     job = RQJob.fetch(rq_id, connection=r, serializer=JSONSerializer)
-    assert job.origin == QUEUE_NAME and job.func_name == "runner.queue.run_task"
+    assert job.origin == QUEUE_NAME and job.func_name == "runner.queue.execute.run_task"
 
 
 def test_schedule_two_schedulers_enqueue_each_tick_once(r: redis.Redis, jobfile: Path, lines: Lines) -> None:

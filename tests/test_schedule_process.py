@@ -28,11 +28,11 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from runner.batch import BATCHES_KEY
 from runner.cli import main
-from runner.redis_server import RedisServer, connect
-from runner.schedule import Scheduler as Schedule
-from runner.schedule import schedule_status
+from runner.queue.batch import BATCHES_KEY
+from runner.queue.redis_server import RedisServer, connect
+from runner.queue.scheduler import Scheduler as Schedule
+from runner.queue.scheduler import schedule_status
 from runner.simulator import RunningSimulator
 
 pytestmark = pytest.mark.timeout(120)
@@ -247,7 +247,7 @@ def test_schedule_batch_is_run_by_a_worker_and_collected_into_its_timestamped_js
 ) -> None:
     # The scheduler runs in this process on a clock the test sets (a daily tick, a fixed file name);
     # the worker is an ordinary `runner worker --burst` process against the simulator.
-    caplog.set_level(logging.INFO, logger="runner.schedule")
+    caplog.set_level(logging.INFO, logger="runner.queue.scheduler")
     monkeypatch.chdir(tmp_path)
     job = tmp_path / "nightly.yaml"
     job.write_text(job_text("0 6 * * *"))
@@ -268,7 +268,7 @@ def test_schedule_batch_is_run_by_a_worker_and_collected_into_its_timestamped_js
     scheduler.step()  # the lease holder writes the JSONL of its finished batches
     scheduler.release()
     out = tmp_path / "runs" / "nightly" / "2026-11-27-060000.jsonl"
-    logged = [rec.getMessage() for rec in caplog.records if rec.name == "runner.schedule"]
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "runner.queue.scheduler"]
     assert f"nightly: batch {batch_id} finished (1 passed, 0 failed, 0 errors), wrote {out}" in logged
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert (record["batch_id"], record["conversation_id"]) == (batch_id, "nightly/greet#r0")

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from test_queue_support import started_redis, wait_until, worker_pool, write_job
 
-from runner.batch import WORKERS_KEY, Batch
-from runner.jobfile import load_job
-from runner.queue import LEASE_PREFIX, enqueue_job, rq_queue
+from runner.jobs import load_job
+from runner.queue.batch import WORKERS_KEY, Batch
+from runner.queue.conversations import rq_queue
+from runner.queue.enqueue import enqueue_job
+from runner.queue.leases import LEASE_PREFIX
 from runner.simulator import SimulatorConfig, start_simulator
 
 pytestmark = pytest.mark.slow

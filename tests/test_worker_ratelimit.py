@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from test_queue_support import started_redis, wait_until, worker_pool, write_job
 
-from runner.batch import Batch
-from runner.jobfile import load_job
-from runner.queue import enqueue_job
+from runner.jobs import load_job
+from runner.queue.batch import Batch
+from runner.queue.enqueue import enqueue_job
 from runner.simulator import SimulatorConfig, start_simulator
 
 pytestmark = pytest.mark.slow

@@ -25,10 +25,11 @@ from test_queue_support import (
     write_job,
 )
 
-from runner.batch import Batch
-from runner.collector import collect
-from runner.jobfile import expand, load_job
-from runner.queue import LEASE_PREFIX, enqueue_job
+from runner.jobs import expand, load_job
+from runner.queue.batch import Batch
+from runner.queue.collector import collect
+from runner.queue.enqueue import enqueue_job
+from runner.queue.leases import LEASE_PREFIX
 from runner.simulator import RunningSimulator, SimulatorConfig, start_simulator
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from runner import __version__
-from runner.errors import RunnerError
+from runner.errors import Interrupted, RunnerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +32,9 @@ class RunnerGroup(click.Group):
                 raise
             click.echo(f"error: {e}" if "\n" not in str(e) else str(e), err=True)
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            if isinstance(e, Interrupted):  # what was kept, and how to finish
+                click.echo(str(e), err=True)
             click.echo("interrupted", err=True)
             ctx.exit(130)
 

@@ -1,4 +1,4 @@
-"""Commands of the queue: `enqueue`, `worker`, `status`, `collect`, `retry` (see `runner.queue`).
+"""Commands of the queue: `enqueue`, `worker`, `status`, `collect`, `retry` (see `runner.queue.enqueue`).
 
 `enqueue` and `worker` need a shared Redis (`--redis-url` or REDIS_URL). `status`, `collect` and
 `retry` without one open the embedded Redis that `runner run` left under RUNNER_HOME.
@@ -17,6 +17,7 @@ import redis as redis_lib
 
 from runner.cli import main, redis_option
 from runner.errors import UsageError
+from runner.settings import Settings
 
 
 def _need_url(redis_url: str | None, command: str) -> str:
@@ -28,18 +29,19 @@ def _need_url(redis_url: str | None, command: str) -> str:
 @contextlib.contextmanager
 def _open(redis_url: str | None) -> Iterator[redis_lib.Redis]:
     """The given Redis, or (none given) the embedded one of `runner run`, started for this command."""
-    from runner.redis_server import connect, embedded_redis, runner_home
+    from runner.queue.redis_server import connect, embedded_redis
 
     if redis_url:
         client = connect(redis_url)
         yield client
         client.close()
         return
-    if not (runner_home() / "redis").is_dir():
+    settings = Settings.from_env()
+    if not (settings.home / "redis").is_dir():
         raise UsageError(
             "no Redis: pass --redis-url or set REDIS_URL (no embedded Redis under RUNNER_HOME yet)"
         )
-    with embedded_redis() as server:
+    with embedded_redis(settings.home, settings.redis_server) as server:
         client = connect(server.url)
         yield client
         client.close()
@@ -59,13 +61,13 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None) -> None:
       BATCH=$(runner enqueue jobs/bulk.yaml --redis-url "$REDIS_URL")
       runner worker -n 8 --burst && runner collect "$BATCH" -o out.jsonl
     """
-    from runner.jobfile import load_job
-    from runner.queue import enqueue_job
-    from runner.redis_server import connect
+    from runner.jobs import load_job
+    from runner.queue.enqueue import enqueue_job
+    from runner.queue.redis_server import connect
 
     job = load_job(job_file)  # exit 2 before anything is sent
     client = connect(_need_url(redis_url, "enqueue"))
-    batch_id = enqueue_job(job, redis=client, output=output)
+    batch_id = enqueue_job(job, redis=client, output=output, settings=Settings.from_env())
     click.echo(batch_id)
 
 
@@ -82,10 +84,10 @@ def worker(redis_url: str | None, processes: int, burst: bool) -> None:
     Example:
       OPENAI_API_KEY=sk-... runner worker -n 8 --redis-url rediss://:pw@redis.internal:6380/0
     """
-    from runner.worker import WorkerPool
+    from runner.queue.worker import WorkerPool
 
     url = _need_url(redis_url, "worker")
-    WorkerPool(url, processes, burst=burst).run()
+    WorkerPool(url, processes, settings=Settings.from_env(), burst=burst).run()
 
 
 @main.command()
@@ -128,7 +130,7 @@ def _eta(seconds: float | None) -> str:
 
 
 def _status_text(client: redis_lib.Redis, batch_id: str | None) -> tuple[str, bool]:
-    from runner.batch import Batch, recent_batches, workers_alive
+    from runner.queue.batch import Batch, recent_batches, workers_alive
 
     alive = workers_alive(client)
     if batch_id is not None:
@@ -168,10 +170,8 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 
 def _schedule_lines(client: redis_lib.Redis) -> list[str]:
-    try:
-        from runner.schedule import schedule_status
-    except ImportError:
-        return []
+    from runner.queue.schedules import schedule_status
+
     schedules = schedule_status(client)
     if not schedules:
         return []
@@ -193,10 +193,10 @@ def collect(batch: str, output: str | None, redis_url: str | None) -> None:
 
     Exits 0 when the batch is complete and every check passed, 1 otherwise.
     """
-    from runner.batch import Batch
-    from runner.collector import collect as collect_batch
-    from runner.report import exit_code, summarize
-    from runner.transcripts import read_records
+    from runner.queue.batch import Batch
+    from runner.queue.collector import collect as collect_batch
+    from runner.records import read_records
+    from runner.reports.summary import exit_code, summarize
 
     with _open(redis_url) as client:
         info = Batch(client, batch).require()
@@ -218,7 +218,7 @@ def retry(batch: str, redis_url: str | None) -> None:
 
     Their new records replace the old ones as they finish; then `runner collect BATCH`.
     """
-    from runner.queue import retry_batch
+    from runner.queue.enqueue import retry_batch
 
     with _open(redis_url) as client:
         n = retry_batch(batch, client)

@@ -41,7 +41,7 @@ def validate(files: tuple[str, ...]) -> None:
       runner validate jobs/quickstart.yaml
       runner validate jobs/
     """
-    from runner.jobfile import expand, load_job
+    from runner.jobs import expand, load_job
 
     failed = False
     for name in _job_files(files):
@@ -77,6 +77,6 @@ def schema() -> None:
       # then, first line of a job file:
       # yaml-language-server: $schema=./job.schema.json
     """
-    from runner.jobfile import job_schema
+    from runner.jobs import job_schema
 
     click.echo(json.dumps(job_schema(), indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from runner.cli import main
+from runner.settings import Settings
 
 
 @main.command()
@@ -43,11 +44,12 @@ def report(
       runner report runs/refund-bot/20260101.jsonl
       runner report out.jsonl --junit junit.xml --html report.html --fail-under 0.95
     """
-    from runner.pricing import load_prices
-    from runner.report import exit_code, load_transcripts, render_report, summarize, write_reports
+    from runner.reports.files import write_reports
+    from runner.reports.pricing import load_prices
+    from runner.reports.summary import exit_code, load_transcripts, render_report, summarize
 
     records = load_transcripts(transcript)
-    table = load_prices(prices)
+    table = load_prices(prices or Settings.from_env().prices)
     click.echo(render_report(records, table, failed_only=failed_only))
     for line in write_reports(records, junit=junit, html=html_path, prices=table, source=transcript):
         click.echo(line)
@@ -74,8 +76,8 @@ def diff(old: str, new: str, no_replies: bool) -> None:
       runner diff baseline.jsonl out.jsonl
       runner diff baseline.jsonl out.jsonl --no-replies
     """
-    from runner.diff import diff_records, render_diff
-    from runner.report import load_transcripts
+    from runner.reports.diff import diff_records, render_diff
+    from runner.reports.summary import load_transcripts
 
     result = diff_records(load_transcripts(old), load_transcripts(new))
     click.echo(render_diff(result, replies=not no_replies))

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import click
 
 from runner.cli import main, redis_option
-from runner.pipeline import RunOptions, run_job
+from runner.errors import UsageError
+from runner.records import ERROR, FAILED, Record
+from runner.settings import Settings
+
+if TYPE_CHECKING:
+    from runner.run import RunOptions, RunOutcome
+
+FAILURES_SHOWN = 10
+"""Failed conversations listed at the end of `runner run` (the rest are in `runner report`)."""
 
 
 @main.command()
@@ -50,7 +61,7 @@ def run(
       runner run jobs/quickstart.yaml --simulate
       runner run suite.yaml -o out.jsonl --junit junit.xml --workers 8
     """
-    from runner.report import finish_run
+    from runner.run import RunOptions, run_job  # lazy: the engine and the SDK load only for a run
 
     options = RunOptions(
         output=output,
@@ -62,6 +73,41 @@ def run(
         html=html_path,
         fail_under=fail_under,
         progress=not no_progress,
+        progress_to=sys.stderr,
     )
-    outcome = run_job(job_file, options)
-    raise SystemExit(finish_run(outcome, options))
+    settings = Settings.from_env()
+    result = run_job(job_file, options, settings)
+    raise SystemExit(finish_run(result, options, settings))
+
+
+def finish_run(result: RunOutcome, options: RunOptions, settings: Settings | None = None) -> int:
+    """Print the summary of a finished `runner run`, write the optional reports, return the exit code."""
+    settings = settings or Settings.from_env()
+    from runner.reports.files import write_reports
+    from runner.reports.pricing import DEFAULT_PRICES, PriceTable, load_prices
+    from runner.reports.summary import MARK, exit_code, outcome, problems, summarize
+
+    records: list[Record] = result.records
+    s = summarize(records)
+    click.echo(
+        f"{s.conversations} conversations: {s.passed} passed, {s.failed} failed, {s.errors} errors"
+        f"{f', {s.no_checks} without checks' if s.no_checks else ''}; {s.tokens} tokens; {result.wall_s:.1f}s"
+    )
+    click.echo(f"transcripts: {result.output}")
+    bad = [r for r in records if outcome(r) in (FAILED, ERROR)]
+    for r in bad[:FAILURES_SHOWN]:
+        click.echo(f"  {MARK[outcome(r)]} {r['conversation_id']}: {problems(r)[0]}")
+    if len(bad) > FAILURES_SHOWN:
+        click.echo(f"  … and {len(bad) - FAILURES_SHOWN} more (runner report {result.output})")
+    if options.junit or options.html:
+        try:
+            prices = load_prices(settings.prices)
+        except UsageError as e:  # the run is done: a bad $RUNNER_PRICES must not lose its result
+            click.echo(f"warning: {e}; using the built-in prices", err=True)
+            prices = PriceTable(DEFAULT_PRICES)
+        written = write_reports(
+            records, junit=options.junit, html=options.html, prices=prices, source=str(result.output)
+        )
+        for line in written:
+            click.echo(line)
+    return exit_code(s, options.fail_under)

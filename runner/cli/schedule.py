@@ -1,4 +1,4 @@
-"""Command: `runner schedule FILE...`, the long-running scheduler (see `runner.schedule`)."""
+"""Command: `runner schedule FILE...`, the long-running scheduler (see `runner.queue.scheduler`)."""
 
 from __future__ import annotations
 
@@ -44,13 +44,13 @@ def schedule(job_files: tuple[str, ...], redis_url: str | None, lease_ttl: float
     Example:
       runner schedule jobs/*.yaml --redis-url "$REDIS_URL"
     """
-    from runner.redis_server import connect
-    from runner.schedule import Scheduler
+    from runner.queue.redis_server import connect
+    from runner.queue.scheduler import Scheduler
 
     if not redis_url:
         raise UsageError("`runner schedule` needs a shared Redis: pass --redis-url or set REDIS_URL")
     # Its log lines (one per tick enqueued or skipped) are the scheduler's output, whatever -v says.
-    logger = logging.getLogger("runner.schedule")
+    logger = logging.getLogger("runner.queue.scheduler")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     scheduler = Scheduler(job_files, connect(redis_url), lease_ttl_s=lease_ttl, collect=collect)

@@ -1,0 +1,1 @@
+"""One conversation through a backend: the SDK client, backends (the only SDK callers), retry, limits."""

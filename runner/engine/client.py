@@ -1,0 +1,59 @@
+"""The SDK client and the backend serving each API, one per process and settings.
+
+    make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off
+    shared_client(settings)    one per process and settings (workers fork: a client never crosses a fork)
+    backend_for(api, client, settings)   one backend per client, API and wait mode, so what it
+                               learns (how long runs take) is shared by the conversations
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import httpx2
+import openai
+
+from runner.engine.backends import Backend, get_backend
+from runner.errors import UsageError
+from runner.settings import Settings
+from runner.tasks import Api
+
+REQUEST_TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
+"""Per request; streams and long waits set their own from the run deadline."""
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, str | None, str], openai.OpenAI] = {}
+_backends: dict[tuple[int, str, str], Backend] = {}
+
+
+def make_client(settings: Settings) -> openai.OpenAI:
+    """A client from the settings' key and server with the SDK's retries off (ours decide)."""
+    if not settings.api_key:
+        raise UsageError("OPENAI_API_KEY is not set (or use --simulate to run against the simulator)")
+    return openai.OpenAI(
+        api_key=settings.api_key, base_url=settings.base_url, max_retries=0, timeout=REQUEST_TIMEOUT
+    )
+
+
+def shared_client(settings: Settings) -> openai.OpenAI:
+    """One client per process, server and key."""
+    key = hashlib.sha256((settings.api_key or "").encode()).hexdigest()
+    ident = (os.getpid(), settings.base_url, key)
+    with _lock:
+        client = _clients.get(ident)
+        if client is None:
+            client = _clients[ident] = make_client(settings)
+        return client
+
+
+def backend_for(api: Api | str, client: openai.OpenAI, settings: Settings) -> Backend:
+    """One backend per client, API and wait mode."""
+    modes = f"{settings.assistants_wait}/{settings.responses_wait}/{settings.chat_stream}"
+    ident = (id(client), str(api), modes)
+    with _lock:
+        backend = _backends.get(ident)
+        if backend is None or backend.client is not client:
+            backend = _backends[ident] = get_backend(api, client, settings)
+        return backend

@@ -1,0 +1,90 @@
+"""The RQ job function: carry one conversation out under the shared limits, store its record once.
+
+A worker process configures it once at start (`configure(settings)`) with the settings read from
+its environment; `run_task` is what every queued conversation names (`JOB_FUNC`).
+
+* A conversation that already has the wanted record (its worker died after storing it) is skipped.
+* **Fatal API errors** (401/403/quota) abort the batch: its remaining jobs are dropped, other
+  batches go on, and `runner run` exits 3.
+* Any other exception becomes an `error` record, so the batch can finish.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis as redis_lib
+from rq import get_current_job
+
+from runner.engine.conversation import run_conversation
+from runner.errors import FatalAPIError, QueueError
+from runner.queue.batch import Batch
+from runner.queue.conversations import error_record
+from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
+from runner.settings import Settings, scrub
+from runner.tasks import ConversationTask, Limits
+
+_settings: Settings | None = None
+_limiters: dict[tuple[str, int | None, int | None], RedisLimiter] = {}
+
+
+def configure(settings: Settings) -> None:
+    """Set this worker process's settings (read from its environment once, at start)."""
+    global _settings
+    _settings = settings
+
+
+def settings() -> Settings:
+    global _settings
+    if _settings is None:  # a plain `rq worker` that never called configure: its environment
+        _settings = Settings.from_env()
+    return _settings
+
+
+def limiter_for(redis: redis_lib.Redis, job_name: str, limits: Limits, server: str) -> RedisLimiter:
+    scope = limiter_scope(job_name, server)
+    return RedisLimiter(redis, scope, limits.requests_per_minute, limits.tokens_per_minute)
+
+
+def _process_limiter(redis: redis_lib.Redis, task: ConversationTask, server: str) -> RedisLimiter:
+    key = (task.job, task.limits.requests_per_minute, task.limits.tokens_per_minute)
+    limiter = _limiters.get(key)
+    if limiter is None or limiter.redis is not redis:
+        limiter = _limiters[key] = limiter_for(redis, task.job, task.limits, server)
+    return limiter
+
+
+def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: int = 1) -> dict[str, Any]:
+    """The RQ job: carry one conversation out under the shared limits and store its record once."""
+    current = get_current_job()
+    if current is None:
+        raise QueueError("run_task runs inside an RQ worker")
+    redis = current.connection
+    config = settings()
+    t = ConversationTask.model_validate(task)
+    conv = t.conversation_id
+    batch = Batch(redis, batch_id)
+    if batch.has_record(conv, generation):
+        return {"conversation": conv, "skipped": "already recorded"}  # ran before its worker died
+    if batch.aborted():
+        batch.transition(conv, "dropped")
+        return {"conversation": conv, "skipped": "batch aborted"}
+    batch.transition(conv, "running")
+    slots = RedisSemaphore(redis, limiter_scope(t.job, config.server), t.limits.concurrency)
+    try:
+        with slots.hold(current.id):
+            record = run_conversation(
+                t,
+                batch_id=batch_id,
+                limiter=_process_limiter(redis, t, config.server),
+                attempt=attempt,
+                settings=config,
+            )
+    except FatalAPIError as e:
+        batch.abort(str(e))
+        batch.transition(conv, "dropped")
+        return {"conversation": conv, "aborted": scrub(str(e))}
+    except Exception as e:  # a bug, a timeout or an outage: record it so the batch can finish
+        record = error_record(t, batch_id, attempt, f"{type(e).__name__}: {e}")
+    stored = batch.store_record(record, generation)
+    return {"conversation": conv, "status": record["status"], "stored": stored}

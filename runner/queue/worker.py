@@ -1,0 +1,318 @@
+"""Workers: RQ workers that hold a lease on what they run, and a pool of them (`runner worker -n N`).
+
+`RunnerWorker` is an RQ `SimpleWorker` on the queue `runner` with the JSON serializer: it runs one
+conversation at a time in its own process (no fork per job, so the process keeps its HTTP
+connections and limiter scripts). A keeper thread beats every `BEAT_S` seconds: it refreshes the
+worker's liveness (`runner:workers`, what `runner status` counts), the lease of the job it runs,
+and, under a short Redis lock so one worker does it at a time, calls `runner.queue.leases.reap` to requeue
+the jobs of workers that died. A SIGKILLed worker's conversation thus runs again within
+`LEASE_TTL_S + REAP_EVERY_S` seconds (about 15 s), not after RQ's 10-minute maintenance.
+
+`WorkerPool` forks N such workers and replaces any that dies; SIGTERM/SIGINT stop them warmly (each
+finishes its conversation), a second signal stops them at once. `local_workers` runs a pool as a
+subprocess of `runner run`, in its own session so Ctrl-C reaches `run`, which stops it in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import openai
+import redis as redis_lib
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from runner.engine.client import shared_client
+from runner.errors import QueueError
+from runner.queue import execute
+from runner.queue.batch import WORKERS_KEY
+from runner.queue.conversations import QUEUE_NAME, rq_queue
+from runner.queue.leases import LEASE_TTL_S, lease_key, reap
+from runner.queue.redis_server import connect, die_with_parent
+from runner.settings import Settings
+
+log = logging.getLogger("runner.queue.worker")
+
+WORKER_TTL_S = 30
+"""RQ's worker key TTL; the worker blocks on the queue for WORKER_TTL_S - 15 seconds at a time."""
+
+BEAT_S = 2.0
+"""How often the keeper refreshes liveness and the running job's lease."""
+
+REAP_EVERY_S = 3.0
+"""How often (across all workers) someone looks for the jobs of dead workers."""
+
+REAPER_LOCK = "runner:reaper"
+RESPAWN_BACKOFF_MAX_S = 30.0
+LOG_ROTATE_BYTES = 10 * 2**20
+"""`runner run` appends its workers' log under RUNNER_HOME/logs; past this size it starts a new one."""
+
+STOP_GRACE_S = 10.0
+"""`runner run` gives its workers this long to stop after the batch is done, then kills them."""
+
+
+class RunnerWorker(SimpleWorker):
+    """An RQ worker on our queue that leases its job and reaps dead workers' jobs (module docstring)."""
+
+    def __init__(self, connection: redis_lib.Redis, name: str | None = None) -> None:
+        super().__init__(
+            [QUEUE_NAME],
+            connection=connection,
+            name=name,
+            serializer=JSONSerializer,
+            worker_ttl=WORKER_TTL_S,
+            log_job_description=True,
+        )
+        self._running: str | None = None
+        self._stop_keeper = threading.Event()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        self._beat()
+        threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        # The lease exists before RQ puts the job in its StartedJobRegistry: a started job without a
+        # lease can only belong to a dead worker.
+        self.connection.set(lease_key(job.id), self.name, ex=LEASE_TTL_S)
+        self._running = job.id
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._running = None
+            with contextlib.suppress(redis_lib.RedisError):
+                self.connection.delete(lease_key(job.id))
+
+    def teardown(self) -> None:
+        self._stop_keeper.set()
+        with contextlib.suppress(redis_lib.RedisError):
+            self.connection.zrem(WORKERS_KEY, self.name)
+        super().teardown()
+
+    def _beat(self) -> None:
+        sec, usec = self.connection.time()
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.zadd(WORKERS_KEY, {self.name: sec + usec / 1e6})
+        pipe.zremrangebyscore(WORKERS_KEY, "-inf", sec - 3600)
+        running = self._running
+        if running:
+            pipe.set(lease_key(running), self.name, ex=LEASE_TTL_S, xx=True)
+        pipe.expire(self.key, WORKER_TTL_S + 60)
+        pipe.execute()
+
+    def _keep(self) -> None:
+        last_reap = 0.0
+        while not self._stop_keeper.wait(BEAT_S):
+            try:
+                self._beat()
+                if time.monotonic() - last_reap >= REAP_EVERY_S:
+                    last_reap = time.monotonic()
+                    lock_ms = int(REAP_EVERY_S * 1000)
+                    if self.connection.set(REAPER_LOCK, self.name, nx=True, px=lock_ms):
+                        n = reap(self.connection)
+                        if n:
+                            log.warning("requeued %d conversation(s) of dead workers", n)
+            except (redis_lib.RedisError, QueueError) as e:
+                log.debug("keeper: %s", type(e).__name__)  # Redis away: the next beat tries again
+            except Exception:
+                log.exception("keeper")
+
+
+def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings) -> None:
+    """A pool child: one RunnerWorker until stopped (burst: until the queue is empty)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    pdeath = die_with_parent()
+    if pdeath is not None:
+        pdeath()
+    try:
+        redis = connect(redis_url)
+    except QueueError as e:
+        log.error("%s", e)  # the pool starts another, with a growing pause
+        sys.exit(75)
+    execute.configure(settings)
+    with contextlib.suppress(Exception):  # no key yet, or another backend: built at first use then
+        shared_client(settings)  # this process's HTTP client, ready before it takes its first request slot
+    RunnerWorker(redis).work(burst=burst, logging_level=logging_level)
+    if burst and rq_queue(redis).count:
+        sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
+
+
+def preload() -> None:
+    """Load the SDK's lazily loaded API resources once, before forking: every worker shares them
+    instead of spending seconds of CPU on the same imports at its first conversation."""
+    client = openai.OpenAI(api_key="preload", base_url="http://127.0.0.1:9/v1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Assistants resources are deprecated
+        for path in ("beta.assistants", "beta.threads.runs", "beta.threads.messages", "responses",
+                     "chat.completions", "conversations.items"):  # fmt: skip
+            obj: Any = client
+            for name in path.split("."):
+                obj = getattr(obj, name, None)
+    client.close()
+
+
+class WorkerPool:
+    """N `RunnerWorker` processes (forked), replaced when they die; stops on SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        processes: int,
+        *,
+        settings: Settings,
+        burst: bool = False,
+        logging_level: str = "INFO",
+    ):
+        self.redis_url = redis_url
+        self.settings = settings
+        self.processes = max(1, processes)
+        self.burst = burst
+        self.logging_level = logging_level
+        self._children: dict[int, tuple[BaseProcess, float]] = {}
+        self._stopping = 0
+        self._ctx = multiprocessing.get_context("fork")
+
+    def _spawn(self) -> None:
+        p = self._ctx.Process(
+            target=_work,
+            args=(self.redis_url, self.burst, self.logging_level, self.settings),
+            name="runner-worker",
+        )
+        p.start()
+        assert p.pid is not None
+        self._children[p.pid] = (p, time.monotonic())
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping += 1
+        # First signal: warm stop (finish the conversation); second: RQ's cold stop.
+        for p, _ in list(self._children.values()):
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(p.pid, signal.SIGTERM if self._stopping == 1 else signal.SIGINT)  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        preload()
+        connect(self.redis_url)  # fail fast (exit 3) on a wrong URL, before forking anything
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._signal)
+        for _ in range(self.processes):
+            self._spawn()
+        backoff = 1.0
+        while self._children:
+            time.sleep(0.2)
+            for pid, (p, born) in list(self._children.items()):
+                if p.is_alive():
+                    continue
+                p.join()
+                del self._children[pid]
+                if self._stopping or (self.burst and p.exitcode == 0):
+                    continue
+                log.warning("worker %s exited (%s); starting another", pid, p.exitcode)
+                if time.monotonic() - born < 5:  # dying at start: Redis away or a broken install
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, RESPAWN_BACKOFF_MAX_S)
+                else:
+                    backoff = 1.0
+                self._spawn()
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self._children)
+
+
+class LocalWorkers:
+    """A `runner worker -n N` subprocess started by `runner run` (see `local_workers`)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        processes: int,
+        log_path: Path,
+        *,
+        settings: Settings | None = None,
+        burst: bool = False,
+    ) -> None:
+        self.redis_url = redis_url
+        self.settings = settings  # None: this process's environment when the pool starts
+        self.processes = processes
+        self.log_path = log_path
+        self.burst = burst
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:  # keep one old generation, not all
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        package_root = str(Path(__file__).resolve().parents[2])
+        # REDIS_URL, the key and the server travel in the environment: `ps` shows argv, not this.
+        settings = self.settings or Settings.from_env()
+        env = settings.child_env(REDIS_URL=self.redis_url)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        with open(self.log_path, "ab") as log_file:
+            command = [sys.executable, "-m", "runner", "worker", "-n", str(self.processes)]
+            self.process = subprocess.Popen(
+                command + (["--burst"] if self.burst else []),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
+
+    def check(self) -> None:
+        """Restart the pool if it died; QueueError (pointing at its log) if it keeps dying."""
+        if self.process is None or self.process.poll() is None:
+            return
+        if self.restarts >= 3:
+            raise QueueError(
+                f"the worker processes keep exiting (code {self.process.returncode}); see {self.log_path}"
+            )
+        self.restarts += 1
+        log.warning("worker pool exited (%s); restarting it", self.process.returncode)
+        self.start()
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        self.process = None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace_s)
+        # Whatever is left of the pool's session (a worker stuck in a call) goes now.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def local_workers(
+    redis_url: str, processes: int, log_path: Path, settings: Settings
+) -> Iterator[LocalWorkers]:
+    """A worker pool subprocess serving `redis_url` with these settings, for the length of a block."""
+    workers = LocalWorkers(redis_url, processes, log_path, settings=settings)
+    workers.start()
+    try:
+        yield workers
+    finally:
+        workers.stop()

@@ -1,0 +1,117 @@
+"""`runner run FILE` on the queue: Redis (embedded unless a URL is given), local worker processes,
+a progress line while records are collected as they arrive, the JSONL, everything stopped.
+
+`--workers 0` relies on workers elsewhere serving the same Redis. Ctrl-C stops the local workers
+after a short grace, writes what has arrived and says how to finish the batch (run it again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis as redis_lib
+
+from runner.errors import FatalAPIError, Interrupted, UsageError
+from runner.jobs import Job
+from runner.queue.batch import Batch
+from runner.queue.collector import Collector, sorted_records
+from runner.queue.enqueue import enqueue_tasks, ensure_enqueued
+from runner.queue.leases import reap
+from runner.queue.redis_server import connect, embedded_redis, retrying
+from runner.queue.worker import LocalWorkers, local_workers
+from runner.records import write_records
+from runner.run.options import RunOptions, RunOutcome
+from runner.run.progress import Progress
+from runner.settings import Settings
+from runner.tasks import ConversationTask
+
+INTERRUPT_GRACE_S = 2.0
+"""On Ctrl-C, workers get this long to finish the conversation in hand (the rest resume later)."""
+
+REPAIR_AFTER_S = 30.0
+"""`runner run` re-checks that every unfinished conversation has a job after this long without progress."""
+
+
+def run_batch(
+    job: Job, tasks: Sequence[ConversationTask], options: RunOptions, settings: Settings
+) -> RunOutcome:
+    """`runner run FILE` without --inline: Redis (embedded unless a URL is given), `options.workers`
+    local worker processes (0: rely on workers elsewhere), enqueue or resume, follow with a
+    progress line while collecting, write the JSONL, stop everything, return the `RunOutcome`."""
+    started = time.monotonic()
+    url = options.redis_url or settings.redis_url
+    if not url and options.workers == 0:
+        raise UsageError("--workers 0 needs --redis-url (or REDIS_URL): a Redis that other workers serve")
+    with contextlib.ExitStack() as stack:
+        if not url:
+            url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
+        redis = connect(url)
+        stack.callback(redis.close)
+        workers = None
+        if options.workers:  # started first: their start-up overlaps preparing and enqueuing
+            log_path = settings.home / "logs" / f"workers-{job.name}.log"
+            workers = stack.enter_context(local_workers(url, options.workers, log_path, settings))
+        batch_id = enqueue_tasks(job, tasks, redis=redis, output=options.output, settings=settings)
+        batch = Batch(redis, batch_id)
+        output = Path(batch.require().output)
+        collector = Collector(batch)
+        progress = Progress(
+            batch.require().total, enabled=options.progress, stream=options.progress_to
+        ).start()
+        try:
+            _follow(redis, batch, collector, workers, progress)
+        except BaseException as e:
+            progress.close()
+            interrupted = isinstance(e, KeyboardInterrupt)
+            if interrupted and workers is not None:
+                workers.stop(grace_s=INTERRUPT_GRACE_S)  # conversations about to finish still land
+            collector.poll()
+            collector.write(output)
+            if interrupted:
+                total = batch.require().total
+                raise Interrupted(
+                    f"interrupted: {len(collector.records)} of {total} conversations in {output};"
+                    " run the same command again to finish the batch"
+                ) from None
+            raise
+        progress.close()
+        records = sorted_records(batch.records().values())
+        write_records(output, records)
+    return RunOutcome(batch_id=batch_id, output=output, records=records, wall_s=time.monotonic() - started)
+
+
+def _follow(
+    redis: redis_lib.Redis,
+    batch: Batch,
+    collector: Collector,
+    workers: LocalWorkers | None,
+    progress: Progress,
+) -> None:
+    last_done, last_change, last_reap, last_repair = -1, time.monotonic(), 0.0, time.monotonic()
+    while True:
+        collector.poll()
+        info = batch.require()
+        now = time.monotonic()
+        c = info.counts
+        failed = c["failed"] + c["errors"]
+        progress.update(
+            done=info.done, failed=failed, in_flight=c["running"], tokens=c["tokens"], total=info.total
+        )
+        if info.aborted:
+            raise FatalAPIError(f"batch {batch.id} aborted: {info.aborted}")
+        if info.finished:
+            return
+        if workers is not None:
+            workers.check()
+        if now - last_reap > 2.0:
+            retrying(lambda: reap(redis))
+            last_reap = now
+        if info.done != last_done:
+            last_done, last_change = info.done, now
+        elif now - last_change > REPAIR_AFTER_S and now - last_repair > REPAIR_AFTER_S:
+            retrying(lambda: ensure_enqueued(redis, batch.id))
+            last_repair = now
+        time.sleep(0.25)
