@@ -10,7 +10,7 @@ import openai
 import pytest
 from test_engine_support import RULES, SPEC, TOOL, AnswerDroppingProxy, make_task, turns
 
-from runner.engine.backends import assistants as assistants_backend
+from runner.engine.backends import upsert as assistants_backend
 from runner.engine.backends.assistants import AssistantsBackend
 from runner.engine.conversation import prepare_tasks, run_conversation
 from runner.engine.limits import Unlimited

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from runner.errors import JobFileError, Problem
 from runner.jobs.checks import CHECK_TYPES, Check
-from runner.jobs.expansion import Checker, Parts
 from runner.jobs.models import Job
+from runner.jobs.validation import Checker, Parts
 from runner.jobs.yamlload import (
     MAX_YAML_BYTES,
     Locator,

@@ -37,10 +37,8 @@ from pydantic import (
 from runner.errors import Problem
 from runner.jobs.checks import Check
 from runner.jobs.cron import cron_problem
-from runner.jobs.yamlload import (
-    Row,
-    suggest,
-)
+from runner.jobs.datasets import Row
+from runner.jobs.yamlload import suggest
 from runner.simulator.rules import SimulatorRules
 from runner.tasks import Api, ConversationTask, Limits
 

@@ -1,8 +1,6 @@
 """The Assistants v2 protocol (threads, runs, messages), in as few requests per turn as it allows.
 
-Preparation (once per run): list every assistant (all pages), find each job assistant by name,
-create it when missing, update it when instructions, model, tools or temperature differ; an
-assistant the job names by `id` is used as is.
+Preparation (once per run): the job's assistants are found, created or updated (`upsert`).
 
 A turn, streaming (the default, `RUNNER_ASSISTANTS_WAIT=stream`):
     turn 0   POST /threads/runs  (create thread and run, the user message inside, stream: true)
@@ -47,6 +45,7 @@ from runner.engine.backends.base import (
     tool_output,
     usage_of,
 )
+from runner.engine.backends.upsert import upsert_assistants
 from runner.engine.retry import Caller, backoff_s
 from runner.errors import BackendError, FatalAPIError
 from runner.records import ToolCallRecord
@@ -56,7 +55,7 @@ from runner.tasks import Api, AssistantSpec, ConversationTask
 # our simulator remain). Silence exactly those warnings, only where they are attributed to this
 # module or the SDK's wrappers, never globally.
 _DEPRECATED = r"(The Assistants API is deprecated|deprecated$)"
-_OURS = r"(runner\.backends\.assistants|openai\.)"
+_OURS = r"(runner\.engine\.backends\.(assistants|upsert)|openai\.)"
 warnings.filterwarnings("ignore", message=_DEPRECATED, category=DeprecationWarning, module=_OURS)
 
 WAIT_ENV = "RUNNER_ASSISTANTS_WAIT"
@@ -66,9 +65,6 @@ ACTIVE = frozenset({"queued", "in_progress", "cancelling"})
 """Statuses to keep waiting on (`requires_action` is ours to answer)."""
 
 TRANSIENT_RUN_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
-
-PAGE_SIZE = 100
-"""Assistants listed per request while preparing (the API's maximum)."""
 
 CANCEL_WAIT_S = 5.0
 """How long to wait for a cancelled run to reach a terminal status before recording it anyway."""
@@ -82,41 +78,6 @@ def _text_of(message: Any) -> str:
         if isinstance(value, str):
             parts.append(value)
     return "".join(parts)
-
-
-def _norm(value: Any) -> Any:
-    """A tool definition without nulls and empty mappings, to compare ours with the server's."""
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items() if v is not None and v != {}}
-    if isinstance(value, list | tuple):
-        return [_norm(v) for v in value]
-    return value
-
-
-def _tool(tool: Any) -> Any:
-    """A tool as compared: no nulls, and `strict: false` is the same as no `strict` (servers fill it in)."""
-    data = _norm(tool.model_dump() if hasattr(tool, "model_dump") else dict(tool))
-    fn = data.get("function")
-    if isinstance(fn, dict) and fn.get("strict") is False:
-        del fn["strict"]
-    return data
-
-
-def _tools_of(assistant: Any) -> list[Any]:
-    return [_tool(t) for t in assistant.tools or []]
-
-
-def differs(existing: Any, spec: AssistantSpec) -> bool:
-    """Whether the server's assistant needs an update to match the job's."""
-    if (existing.instructions or "") != (spec.instructions or ""):
-        return True
-    if existing.model != spec.model:
-        return True
-    if spec.temperature is not None and (
-        existing.temperature is None or abs(existing.temperature - spec.temperature) > 1e-9
-    ):
-        return True
-    return _tools_of(existing) != [_tool(t) for t in spec.tools]
 
 
 class AssistantsBackend(Backend):
@@ -137,57 +98,7 @@ class AssistantsBackend(Backend):
         # holds where an outer `catch_warnings` (pytest's) shadows the module-level one.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_DEPRECATED, category=DeprecationWarning, module=_OURS)
-            return self._prepare(specs, caller)
-
-    def _prepare(self, specs: Sequence[AssistantSpec], caller: Caller) -> dict[str, str]:
-        ids = {s.key: s.id for s in specs if s.id}
-        todo = [s for s in specs if not s.id]
-        if not todo:
-            return ids
-        existing = self._by_name(caller)
-        assistants = self.client.beta.assistants
-        for spec in todo:
-            found = existing.get(spec.name)
-            fields: dict[str, Any] = {
-                "model": spec.model,
-                "instructions": spec.instructions,
-                "tools": [dict(t) for t in spec.tools],
-            }
-            if spec.temperature is not None:
-                fields["temperature"] = spec.temperature
-            if found is None:
-
-                def create(spec: AssistantSpec = spec, fields: dict[str, Any] = fields) -> Any:
-                    meta = {"created_by": "assistant-runner"}
-                    return assistants.create(name=spec.name, metadata=meta, **fields)
-
-                def look_again(name: str = spec.name) -> Any:
-                    return self._by_name(caller, pages=1).get(name)
-
-                ids[spec.key] = caller.call(create, reconcile=look_again).id
-            elif differs(found, spec):
-                ids[spec.key] = caller.call(lambda i=found.id, f=fields: assistants.update(i, **f)).id
-            else:
-                ids[spec.key] = found.id
-        return ids
-
-    def _by_name(self, caller: Caller, pages: int | None = None) -> dict[str, Any]:
-        """Every assistant by name, newest first wins; pages fetched through the caller."""
-        found: dict[str, Any] = {}
-        after: str | None = None
-        n = 0
-        while True:
-            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "order": "desc"}
-            if after:
-                kwargs["after"] = after
-            page = caller.call(lambda kw=kwargs: self.client.beta.assistants.list(**kw))
-            for a in page.data:
-                if a.name is not None:
-                    found.setdefault(a.name, a)
-            n += 1
-            if not page.data or page.has_more is False or (pages is not None and n >= pages):
-                return found
-            after = page.data[-1].id
+            return upsert_assistants(self.client, specs, caller)
 
     # -- conversations ------------------------------------------------------------------------
 
