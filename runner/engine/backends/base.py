@@ -1,13 +1,6 @@
-"""What every backend shares: the `Backend` / `Conversation` interface, `TurnResult`, and helpers.
-
-A `Backend` serves one API flavour (`assistants`, `responses`, `chat`). `prepare` runs once per
-run (the assistants backend finds, creates or updates the job's assistants there); `open` starts
-one conversation, whose `turn` sends one user message and returns what came back as a
-`TurnResult`. Every request goes through the conversation's `runner.engine.retry.Caller` (limiter,
-retries, request count). Per-conversation problems come back as results, never as exceptions;
-only `FatalAPIError` (401/403/quota) escapes.
-
-    engine ──get_backend(api, client)──▶ Backend.open(task, caller, tag) ──▶ Conversation.turn(i, text)
+"""What every backend shares: the `Backend` / `Conversation` interface, `TurnResult`, token
+estimates, tool outputs, the poll pacer and usage parsing. The protocol of each API lives in its
+own module; the package docstring (`runner.engine.backends`) tells how they are driven.
 """
 
 from __future__ import annotations
