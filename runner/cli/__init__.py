@@ -3,6 +3,11 @@
 Commands live in modules by area (`jobs`, `simulate`, `run`, `batch`, `reports`, `schedule`); each
 parses its options, calls one library function and prints. `RunnerError`s become one message and
 the exit code of the contract (2 bad input, 3 could not run); a traceback only with `--debug`.
+
+Command bodies import the library lazily, on purpose: every `runner` invocation imports every
+command module, and `runner validate` or `runner --help` should not pay for the SDK, RQ and the
+engine (about a second on a small machine). These are the only function-local imports of the
+package besides `runner.__init__` and `runner.simulator.__init__`, which are lazy for the same reason.
 """
 
 from __future__ import annotations
