@@ -14,6 +14,8 @@ which `ps` shows.
     RUNNER_CHAT_STREAM truthy: stream chat completions
     RUNNER_PRICES      a price file for cost estimates
     RUNNER_REDIS_SERVER  the redis-server binary of the embedded Redis
+    RUNNER_QUEUE_SECRET  signs queued jobs; workers holding it refuse unsigned or altered ones
+                         (never stored in Redis, records or logs; `scrub` removes it)
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ _secrets_lock = threading.Lock()
 
 
 def scrub(text: str) -> str:
-    """Remove every API key this process knows from text bound for Redis, a record or a log: each
-    key a `Settings` of this process has held, and the environment's.
+    """Remove every API key (and queue secret) this process knows from text bound for Redis, a
+    record or a log: each one a `Settings` of this process has held, and the environment's.
 
     The environment is read here on purpose (the one read below the edges): a key must be removed
     even from a message of code whose caller built no `Settings`."""
-    for secret in (*_secrets, os.environ.get("OPENAI_API_KEY") or ""):
+    environ = (os.environ.get("OPENAI_API_KEY") or "", os.environ.get("RUNNER_QUEUE_SECRET") or "")
+    for secret in (*_secrets, *environ):
         if len(secret) >= 4:  # a shorter "key" would mangle ordinary text
             text = text.replace(secret, "***")
     return text
@@ -65,7 +68,7 @@ def _opt(environ: Mapping[str, str], name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """What the environment says, read once. `api_key` never appears in repr()."""
+    """What the environment says, read once. `api_key` and `queue_secret` never appear in repr()."""
 
     api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
@@ -76,9 +79,11 @@ class Settings:
     chat_stream: bool = False
     prices: str | None = None
     redis_server: str | None = None
+    queue_secret: str | None = field(default=None, repr=False)  # signs jobs (runner.queue.security)
 
     def __post_init__(self) -> None:
         _remember(self.api_key)
+        _remember(self.queue_secret)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +98,7 @@ class Settings:
             chat_stream=(_opt(env, "RUNNER_CHAT_STREAM") or "").lower() in _TRUE,
             prices=_opt(env, "RUNNER_PRICES"),
             redis_server=_opt(env, "RUNNER_REDIS_SERVER"),
+            queue_secret=_opt(env, "RUNNER_QUEUE_SECRET"),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -116,6 +122,7 @@ class Settings:
             "RUNNER_CHAT_STREAM": "1" if self.chat_stream else None,
             "RUNNER_PRICES": self.prices,
             "RUNNER_REDIS_SERVER": self.redis_server,
+            "RUNNER_QUEUE_SECRET": self.queue_secret,
             **extra,
         }
         for name, value in values.items():

@@ -142,7 +142,7 @@ def test_queue_retry_reruns_only_the_failed(
             assert record["attempts"] == 2 and record["finished_at"] >= before[conv]["finished_at"]
         else:
             assert record == before[conv]  # untouched
-    assert retry_batch(batch_id, client) == 5  # they failed again: a second retry takes them again
+    assert retry_batch(batch_id, client, secret=None) == 5  # failed again: a second retry takes them again
     wait_finished(client, batch_id, timeout=60)
 
 

@@ -114,7 +114,9 @@ def test_queue_unknown_batch_exits_2(server: tuple[RedisServer, redis.Redis]) ->
 def test_queue_status_lists_recent_batches(tmp_path: Path, server: tuple[RedisServer, redis.Redis]) -> None:
     srv, _ = server
     runner = CliRunner()
-    assert runner.invoke(main, ["status", "--redis-url", srv.url]).output == "no batches\nworkers alive: 0\n"
+    assert runner.invoke(main, ["status", "--redis-url", srv.url]).output == (
+        "no batches\nworkers alive: 0\nrefused jobs: 0\n"
+    )
     ids = []
     for name in ("list-a", "list-b"):
         job = write_job(tmp_path / f"{name}.yaml", name, conversations=2)

@@ -79,15 +79,31 @@ def worker(redis_url: str | None, processes: int, burst: bool) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
     SIGTERM or Ctrl-C: each worker finishes its conversation, then stops; a second one stops at once.
+    Workers run only the runner's own jobs; with RUNNER_QUEUE_SECRET set, only jobs signed with it.
 
     \b
     Example:
-      OPENAI_API_KEY=sk-... runner worker -n 8 --redis-url rediss://:pw@redis.internal:6380/0
+      OPENAI_API_KEY=sk-... RUNNER_QUEUE_SECRET=... runner worker -n 8 --redis-url rediss://:pw@redis.internal:6380/0
     """
+    from runner.queue.security import MIN_SECRET_LEN, is_local_redis
     from runner.queue.worker import WorkerPool
 
     url = _need_url(redis_url, "worker")
-    WorkerPool(url, processes, settings=Settings.from_env(), burst=burst).run()
+    settings = Settings.from_env()
+    if settings.queue_secret is None and not is_local_redis(url):
+        click.echo(
+            "warning: RUNNER_QUEUE_SECRET is not set and this Redis is reachable from other machines:"
+            " anyone who can write to it can have these workers run conversations with your API key"
+            " (set the same RUNNER_QUEUE_SECRET for `runner run`/`enqueue` and every worker)",
+            err=True,
+        )
+    elif settings.queue_secret is not None and len(settings.queue_secret) < MIN_SECRET_LEN:
+        click.echo(
+            f"warning: RUNNER_QUEUE_SECRET is shorter than {MIN_SECRET_LEN} characters: the signatures"
+            " stored in Redis let anyone reading it guess a short secret; use a long random one",
+            err=True,
+        )
+    WorkerPool(url, processes, settings=settings, burst=burst).run()
 
 
 @main.command()
@@ -131,8 +147,9 @@ def _eta(seconds: float | None) -> str:
 
 def _status_text(client: redis_lib.Redis, batch_id: str | None) -> tuple[str, bool]:
     from runner.queue.batch import Batch, recent_batches, workers_alive
+    from runner.queue.security import refused_count
 
-    alive = workers_alive(client)
+    alive, refused = workers_alive(client), refused_count(client)
     if batch_id is not None:
         i = Batch(client, batch_id).require()
         c = i.counts
@@ -149,6 +166,8 @@ def _status_text(client: redis_lib.Redis, batch_id: str | None) -> tuple[str, bo
         ]
         if i.aborted:
             lines.append(f"aborted   {i.aborted}")
+        if refused:
+            lines.append(f"refused   {refused} foreign, unsigned or altered jobs on this Redis (any batch)")
         return "\n".join(lines), i.finished or i.aborted is not None
     rows: list[tuple[str, ...]] = [
         ("BATCH", "JOB", "STATE", "DONE", "PASSED", "FAILED", "ERRORS", "RUNNING", "RATE/s", "ETA")
@@ -160,6 +179,7 @@ def _status_text(client: redis_lib.Redis, batch_id: str | None) -> tuple[str, bo
         rows.append((i.id, i.job, i.state, f"{i.done}/{i.total}", *counts, f"{i.rate:.2f}", eta))
     lines = _table(rows) if len(rows) > 1 else ["no batches"]
     lines.append(f"workers alive: {alive}")
+    lines.append(f"refused jobs: {refused}")
     lines += _schedule_lines(client)
     return "\n".join(lines), False
 
@@ -221,5 +241,5 @@ def retry(batch: str, redis_url: str | None) -> None:
     from runner.queue.enqueue import retry_batch
 
     with _open(redis_url) as client:
-        n = retry_batch(batch, client)
+        n = retry_batch(batch, client, secret=Settings.from_env().queue_secret)
     click.echo(f"{n} conversation{'s' if n != 1 else ''} of batch {batch} enqueued again")

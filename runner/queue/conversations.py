@@ -5,6 +5,8 @@
   are the task as JSON and the batch id: no secrets.
 * The job function is `JOB_FUNC` (`runner.queue.execute.run_task`); its keyword arguments carry
   the record generation it must produce and the attempt (how many times it was started).
+* With a queue secret (`RUNNER_QUEUE_SECRET`), each job is signed (`runner.queue.security`): workers
+  holding the secret run only jobs whose payload it signed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from runner.queue.batch import BATCH_TTL_S
+from runner.queue.security import signed_meta
 from runner.records import Record, new_record
 from runner.settings import scrub
 from runner.tasks import ConversationTask
@@ -56,18 +59,23 @@ def enqueue_one(
     generation: int,
     attempt: int,
     pipeline: Any = None,
+    *,
+    secret: str | None,
 ) -> None:
+    """Put one conversation on the queue, signed with `secret` when one is set."""
     conv = task["conversation_id"]
+    job_id = job_id_for(batch_id, conv)
+    args, kwargs = (task, batch_id), {"generation": generation, "attempt": attempt}
     queue.enqueue_call(
         JOB_FUNC,
-        args=(task, batch_id),
-        kwargs={"generation": generation, "attempt": attempt},
-        job_id=job_id_for(batch_id, conv),
+        args=args,
+        kwargs=kwargs,
+        job_id=job_id,
         timeout=job_timeout_s(ConversationTask.model_validate(task)),
         result_ttl=RESULT_TTL_S,
         failure_ttl=BATCH_TTL_S,
         description=conv,  # what RQ logs and rq-dashboard shows, instead of the whole task
-        meta={"batch": batch_id, "conversation": conv},
+        meta={"batch": batch_id, "conversation": conv, **signed_meta(secret, JOB_FUNC, args, kwargs, job_id)},
         pipeline=pipeline,
     )
 

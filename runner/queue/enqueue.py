@@ -106,16 +106,21 @@ def enqueue_tasks(
         batch.clear_abort()
         if not explicit:
             redis.set(key, batch_id, ex=BATCH_TTL_S)
-        ensure_enqueued(redis, batch_id, prepared)
+        ensure_enqueued(redis, batch_id, prepared, secret=settings.queue_secret)
     except redis_lib.RedisError as e:
         raise QueueError(f"enqueue failed: {type(e).__name__}: {e}") from None
     return batch_id
 
 
 def ensure_enqueued(
-    redis: redis_lib.Redis, batch_id: str, tasks: Sequence[ConversationTask] | None = None
+    redis: redis_lib.Redis,
+    batch_id: str,
+    tasks: Sequence[ConversationTask] | None = None,
+    *,
+    secret: str | None,
 ) -> int:
-    """Give every conversation lacking its wanted record a job, unless one is queued or running.
+    """Give every conversation lacking its wanted record a job (signed with `secret` when set),
+    unless one is queued or running.
 
     Returns how many jobs were enqueued. Safe to call any number of times (resume, repair).
     """
@@ -124,7 +129,7 @@ def ensure_enqueued(
         payload = batch.tasks()
     else:
         payload = {t.conversation_id: t.model_dump(mode="json") for t in tasks}
-    reap(redis)  # a job started by a dead worker is requeued here rather than counted as running
+    reap(redis, secret=secret)  # a dead worker's started job is requeued here, not counted as running
     have, want = batch.record_generations(), batch.wanted_generations()
     missing = [c for c in sorted(payload) if have.get(c, 0) < want.get(c, 1)]
     queue = rq_queue(redis)
@@ -136,7 +141,9 @@ def ensure_enqueued(
         for conv, earlier in zip(chunk, found, strict=True):
             if earlier is not None and earlier.get_status(refresh=False) in _PENDING:
                 continue  # pending: a worker will run it (a dead one's job was reaped above)
-            enqueue_one(queue, payload[conv], batch_id, want.get(conv, 1), _next_attempt(earlier), pipe)
+            enqueue_one(
+                queue, payload[conv], batch_id, want.get(conv, 1), _next_attempt(earlier), pipe, secret=secret
+            )
             batch.transition(conv, "queued", client=pipe)
             enqueued += 1
         pipe.execute()
@@ -156,9 +163,9 @@ def _next_attempt(earlier: RQJob | None) -> int:
 # --- retry and status -------------------------------------------------------------------------------------
 
 
-def retry_batch(batch_id: str, redis: redis_lib.Redis) -> int:
-    """Enqueue again the conversations whose record failed or errored; their new records replace
-    the old ones when they arrive. Returns how many were enqueued."""
+def retry_batch(batch_id: str, redis: redis_lib.Redis, *, secret: str | None) -> int:
+    """Enqueue again the conversations whose record failed or errored (signed with `secret` when
+    set); their new records replace the old ones when they arrive. Returns how many were enqueued."""
     batch = Batch(redis, batch_id)
     batch.require()
     tasks = batch.tasks()
@@ -177,7 +184,7 @@ def retry_batch(batch_id: str, redis: redis_lib.Redis) -> int:
             previous = batch.record(conv)
             attempt = (previous["attempts"] if previous else 1) + 1
             batch.transition(conv, "queued", force=True, client=pipe)
-            enqueue_one(queue, tasks[conv], batch_id, generation, attempt, pipe)
+            enqueue_one(queue, tasks[conv], batch_id, generation, attempt, pipe, secret=secret)
         pipe.execute()
     if todo:
         batch.touch()

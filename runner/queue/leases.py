@@ -5,6 +5,8 @@ runs. A job in RQ's StartedJobRegistry (or stuck in its intermediate queue) with
 to a dead worker: `reap` requeues it at once, within `LEASE_TTL_S` plus a reaper beat of the death
 instead of RQ's own 10-minute maintenance. A conversation whose workers died `MAX_RUNS` times is
 recorded as an error instead of looping. Any process may reap; ZREM / LREM decide who does.
+The reaper re-signs what it requeues, so it first checks the job as a worker would
+(`security.refusal`): a foreign or tampered job goes to the failed registry, not back on the queue.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rq.serializers import JSONSerializer
 
 from runner.queue.batch import Batch
 from runner.queue.conversations import enqueue_one, error_record, rq_queue, transaction
+from runner.queue.security import refusal, refuse
 from runner.tasks import ConversationTask
 
 LEASE_PREFIX = "runner:lease:"
@@ -31,8 +34,9 @@ def lease_key(job_id: str) -> str:
     return LEASE_PREFIX + job_id
 
 
-def reap(redis: redis_lib.Redis) -> int:
-    """Requeue the jobs of dead workers (no lease); returns how many. Any process may call it."""
+def reap(redis: redis_lib.Redis, *, secret: str | None) -> int:
+    """Requeue the jobs of dead workers (no lease), signed with `secret`; returns how many. Any
+    process may call it."""
     queue = rq_queue(redis)
     registry = queue.started_job_registry
     requeued = 0
@@ -41,7 +45,7 @@ def reap(redis: redis_lib.Redis) -> int:
             continue
         # ZREM is the claim: of several reapers, exactly one requeues the job.
         if redis.zrem(registry.key, f"{job_id}:{execution_id}"):
-            requeued += _requeue(redis, queue, job_id)
+            requeued += _requeue(redis, queue, job_id, secret)
     intermediate = queue.intermediate_queue
     for job_id in intermediate.get_job_ids():
         if redis.exists(lease_key(job_id)):
@@ -57,13 +61,17 @@ def reap(redis: redis_lib.Redis) -> int:
             continue
         if redis.lrem(intermediate.key, 1, job_id):
             redis.delete(seen)
-            requeued += _requeue(redis, queue, job_id)
+            requeued += _requeue(redis, queue, job_id, secret)
     return requeued
 
 
-def _requeue(redis: redis_lib.Redis, queue: Queue, job_id: str) -> int:
+def _requeue(redis: redis_lib.Redis, queue: Queue, job_id: str, secret: str | None) -> int:
     try:
         job = RQJob.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        reason = refusal(job, secret)
+        if reason is not None:
+            refuse(job, queue, reason, "reaper")
+            return 0
         task, batch_id = job.args[0], job.args[1]
         generation = int(job.kwargs.get("generation", 1))
         attempt = int(job.kwargs.get("attempt", 1))
@@ -79,7 +87,7 @@ def _requeue(redis: redis_lib.Redis, queue: Queue, job_id: str) -> int:
         batch.store_record(error_record(t, batch_id, attempt, why), generation)
         return 1
     pipe = transaction(redis)
-    enqueue_one(queue, task, batch_id, generation, attempt + 1, pipe)
+    enqueue_one(queue, task, batch_id, generation, attempt + 1, pipe, secret=secret)
     batch.transition(conv, "queued", client=pipe)
     pipe.execute()
     return 1

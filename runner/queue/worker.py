@@ -38,7 +38,7 @@ from rq.worker import SimpleWorker
 
 from runner.engine.client import shared_client
 from runner.errors import QueueError
-from runner.queue import execute
+from runner.queue import execute, security
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
@@ -76,6 +76,7 @@ class RunnerWorker(SimpleWorker):
             serializer=JSONSerializer,
             worker_ttl=WORKER_TTL_S,
             log_job_description=True,
+            job_class=security.GuardedJob,  # imports no callback, nor a function off the allow-list
         )
         self._running: str | None = None
         self._stop_keeper = threading.Event()
@@ -86,6 +87,8 @@ class RunnerWorker(SimpleWorker):
         threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
 
     def execute_job(self, job: Any, queue: Any) -> None:
+        if not security.accept(job, queue, execute.settings().queue_secret, self.name):
+            return  # a foreign, unsigned or altered job: failed with its reason, never imported
         # The lease exists before RQ puts the job in its StartedJobRegistry: a started job without a
         # lease can only belong to a dead worker.
         self.connection.set(lease_key(job.id), self.name, ex=LEASE_TTL_S)
@@ -123,7 +126,7 @@ class RunnerWorker(SimpleWorker):
                     last_reap = time.monotonic()
                     lock_ms = int(REAP_EVERY_S * 1000)
                     if self.connection.set(REAPER_LOCK, self.name, nx=True, px=lock_ms):
-                        n = reap(self.connection)
+                        n = reap(self.connection, secret=execute.settings().queue_secret)
                         if n:
                             log.warning("requeued %d conversation(s) of dead workers", n)
             except (redis_lib.RedisError, QueueError) as e:

@@ -62,7 +62,7 @@ def run_batch(
             batch.require().total, enabled=options.progress, stream=options.progress_to
         ).start()
         try:
-            _follow(redis, batch, collector, workers, progress)
+            _follow(redis, batch, collector, workers, progress, settings.queue_secret)
         except BaseException as e:
             progress.close()
             interrupted = isinstance(e, KeyboardInterrupt)
@@ -89,6 +89,7 @@ def _follow(
     collector: Collector,
     workers: LocalWorkers | None,
     progress: Progress,
+    secret: str | None,
 ) -> None:
     last_done, last_change, last_reap, last_repair = -1, time.monotonic(), 0.0, time.monotonic()
     while True:
@@ -107,11 +108,11 @@ def _follow(
         if workers is not None:
             workers.check()
         if now - last_reap > 2.0:
-            retrying(lambda: reap(redis))
+            retrying(lambda: reap(redis, secret=secret))
             last_reap = now
         if info.done != last_done:
             last_done, last_change = info.done, now
         elif now - last_change > REPAIR_AFTER_S and now - last_repair > REPAIR_AFTER_S:
-            retrying(lambda: ensure_enqueued(redis, batch.id))
+            retrying(lambda: ensure_enqueued(redis, batch.id, secret=secret))
             last_repair = now
         time.sleep(0.25)
