@@ -234,7 +234,7 @@ def test_simulator_chat_without_declared_tool_replies_instead(client):
             ],
             "did not have response messages: call_1",
         ),
-        ([], "Missing required parameter: 'messages'."),
+        ([], "Invalid 'messages': empty array. Expected an array with minimum length 1"),
     ],
 )
 def test_simulator_chat_invalid_histories_are_400(client, messages, fragment):

@@ -86,8 +86,8 @@ def test_simulator_replies_and_ids_are_deterministic_for_a_seed(sim_factory):
 
 
 def test_simulator_unknown_route_is_404_invalid_url(simulator, validate_against):
-    r = httpx2.get(f"{simulator.base_url}/models/nope", headers={"Authorization": "Bearer sk-test"})
-    assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (GET /v1/models/nope)"
+    r = httpx2.get(f"{simulator.base_url}/fine_tuning/jobs", headers={"Authorization": "Bearer sk-test"})
+    assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (GET /v1/fine_tuning/jobs)"
     validate_against("ErrorResponse", r.json())
     r = httpx2.put(f"{simulator.base_url}/chat/completions", headers={"Authorization": "Bearer sk-test"})
     assert r.status_code == 404
