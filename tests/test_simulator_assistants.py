@@ -345,7 +345,9 @@ def test_simulator_unknown_ids_are_404(client, assistant):
 
 def test_simulator_missing_beta_header_is_400(sim, validate_against):
     r = httpx2.post(
-        f"{sim.base_url}/assistants", json={"model": "gpt-4o-mini"}, headers={"Authorization": "Bearer sk-test"}
+        f"{sim.base_url}/assistants",
+        json={"model": "gpt-4o-mini"},
+        headers={"Authorization": "Bearer sk-test"},
     )
     assert r.status_code == 400
     validate_against("ErrorResponse", r.json())

@@ -63,7 +63,9 @@ def test_simulator_tpm_limits_tokens(sim_factory, openai_client):
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(**long)
     assert e.value.type == "tokens" and "Request too large for gpt-4o-mini" in e.value.body["message"]
-    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 40}])  # ~20 tokens
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 40}]
+    )  # ~20 tokens
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 40}])
     assert (e.value.type, e.value.code) == ("tokens", "rate_limit_exceeded")

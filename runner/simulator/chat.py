@@ -54,11 +54,13 @@ def _text(content: Any) -> str:
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list) or not messages:
-        raise bad_request("Missing required parameter: 'messages'.", "messages")
+        raise bad_request("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
     pending: list[str] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise bad_request(f"Invalid value for 'messages[{i}].role'.", f"messages[{i}].role")
+            raise bad_request(
+                f"Invalid value for 'messages[{i}].role'.", f"messages[{i}].role", "invalid_value"
+            )
         role = m["role"]
         if role == "tool":
             if m.get("tool_call_id") not in pending:

@@ -72,7 +72,7 @@ against OpenAI's response schemas and counts violations in its stats."""
 KeyPredicate = Callable[[str], bool]
 
 
-def _validate_default() -> bool:
+def validate_from_env() -> bool:
     return os.environ.get(VALIDATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -105,7 +105,7 @@ class SimulatorConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     fault_after_share: float = DEFAULT_FAULT_AFTER_SHARE
     validate_requests: bool = True
-    validate_responses: bool = field(default_factory=_validate_default)
+    validate_responses: bool = field(default_factory=validate_from_env)
 
     def __post_init__(self) -> None:
         problems = []

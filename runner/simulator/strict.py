@@ -203,7 +203,9 @@ def to_api_error(error: ValidationError) -> APIError:
     if kind == "const":
         return _value_error(param, value, [limit])
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        number = "integer" if isinstance(value, int) else "decimal"
+        declared = e.schema.get("type") if isinstance(e.schema, dict) else None
+        declared = declared if isinstance(declared, list) else [declared]
+        number = "integer" if "integer" in declared and "number" not in declared else "decimal"
         low = kind in ("minimum", "exclusiveMinimum")
         op = (">" if low else "<") + ("" if kind.startswith("exclusive") else "=")
         side = "below minimum" if low else "above maximum"
