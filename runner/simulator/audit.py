@@ -25,8 +25,10 @@ class Audit:
         self.stats = stats
 
     def report(self, where: str, problems: list[str]) -> None:
-        for p in problems:
-            self.stats.violation(f"{where}: {p}")
+        """One violation per answer or event that does not match, described by its first problem."""
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            self.stats.violation(f"{where}: {problems[0]}{more}")
 
     def check(self, name: str, obj: Any, where: str) -> None:
         """Validate `obj` against component schema `name`; violations go to the stats."""
