@@ -163,9 +163,9 @@ def _type_error(param: str, expected: Sequence[str], value: Any) -> APIError:
     names = [_TYPE_NAMES.get(k, k) for k in expected if k != "null"] or ["null"]
     want = names[0] if len(names) == 1 else "one of " + ", ".join(names[:-1]) + " or " + names[-1]
     got = json_type(value)
-    article = "an" if got[0] in "aeiou" else "a"
+    article = "" if got == "null" else ("an " if got[0] in "aeiou" else "a ")
     return bad_request(
-        f"Invalid type for '{param}': expected {want}, but got {article} {got} instead.",
+        f"Invalid type for '{param}': expected {want}, but got {article}{got} instead.",
         param,
         "invalid_type",
     )

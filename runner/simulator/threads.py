@@ -76,5 +76,3 @@ def new_message(
     thread.messages.append(msg)
     sim.messages.add(msg["id"], msg)
     return msg
-
-
