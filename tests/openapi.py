@@ -146,6 +146,8 @@ RESPONSE_SCHEMAS: list[tuple[str, str, str]] = [
     ("POST", rf"/responses/{_ID}/cancel", "Response"),
     ("GET", rf"/responses/{_ID}/input_items", "ResponseItemList"),
     ("POST", r"/chat/completions", "CreateChatCompletionResponse"),
+    ("GET", r"/models", "ListModelsResponse"),
+    ("GET", rf"/models/{_ID}", "Model"),
 ]
 _COMPILED = [(set(m.split("|")), re.compile(rf"^{p}$"), s) for m, p, s in RESPONSE_SCHEMAS]
 

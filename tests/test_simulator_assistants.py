@@ -74,7 +74,7 @@ def test_simulator_assistants_crud(client):
 
 
 def test_simulator_pagination_cursors_and_order(client):
-    ids = [client.beta.assistants.create(model="m", name=f"a{i}").id for i in range(5)]
+    ids = [client.beta.assistants.create(model="gpt-4o-mini", name=f"a{i}").id for i in range(5)]
     first = client.beta.assistants.list(limit=2, order="asc")
     assert [a.id for a in first.data] == ids[:2] and first.has_more
     assert (first.first_id, first.last_id) == (ids[0], ids[1])
@@ -148,7 +148,7 @@ def test_simulator_run_completes_with_usage_steps_and_message(client, assistant,
 def test_simulator_run_passes_through_legal_statuses(sim_factory, openai_client):
     sim = sim_factory(latency_s=0.3, jitter=0.0)
     client = openai_client(sim)
-    a = client.beta.assistants.create(model="m")
+    a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
     run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=a.id)
     seen, message_states = [run.status], set()
@@ -222,7 +222,7 @@ def test_simulator_tool_outputs_are_validated(client, assistant):
 
 def test_simulator_thread_lock_rejects_second_run(sim_factory, openai_client):
     client = openai_client(sim_factory(latency_s=0.5))
-    a = client.beta.assistants.create(model="m")
+    a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
     run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=a.id)
     with pytest.raises(openai.BadRequestError) as e:
@@ -235,7 +235,7 @@ def test_simulator_thread_lock_rejects_second_run(sim_factory, openai_client):
 
 def test_simulator_cancel_active_run_then_completed_run_is_refused(sim_factory, openai_client):
     client = openai_client(sim_factory(latency_s=1.0))
-    a = client.beta.assistants.create(model="m")
+    a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
     run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=a.id)
     time.sleep(0.1)  # in progress: its message exists
@@ -265,7 +265,7 @@ def test_simulator_cancelling_a_completed_run_is_400(client, assistant):
 
 def test_simulator_run_expires_at_expires_at(sim_factory, openai_client):
     client = openai_client(sim_factory(rules=RULES, run_ttl_s=0.4))
-    a = client.beta.assistants.create(model="m", tools=TOOLS)
+    a = client.beta.assistants.create(model="gpt-4o-mini", tools=TOOLS)
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "my order?"}])
     run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=a.id)
     assert run.status == "requires_action" and run.expires_at in (run.created_at, run.created_at + 1)
@@ -345,7 +345,9 @@ def test_simulator_unknown_ids_are_404(client, assistant):
 
 def test_simulator_missing_beta_header_is_400(sim, validate_against):
     r = httpx2.post(
-        f"{sim.base_url}/assistants", json={"model": "m"}, headers={"Authorization": "Bearer sk-test"}
+        f"{sim.base_url}/assistants",
+        json={"model": "gpt-4o-mini"},
+        headers={"Authorization": "Bearer sk-test"},
     )
     assert r.status_code == 400
     validate_against("ErrorResponse", r.json())
@@ -357,12 +359,12 @@ def test_simulator_missing_beta_header_is_400(sim, validate_against):
     ("body", "param"),
     [
         ({"model": None}, "model"),
-        ({"model": "m", "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"model": "gpt-4o-mini", "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         (
-            {"model": "m", "tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+            {"model": "gpt-4o-mini", "tools": [{"type": "function", "function": {"name": "bad name!"}}]},
             "tools[0].function.name",
         ),
-        ({"model": "m", "tools": [{"type": "browser"}]}, "tools[0].type"),
+        ({"model": "gpt-4o-mini", "tools": [{"type": "browser"}]}, "tools[0].type"),
     ],
 )
 def test_simulator_invalid_assistant_bodies_are_400(client, body, param):

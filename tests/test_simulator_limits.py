@@ -59,13 +59,15 @@ def test_simulator_rate_limit_headers_on_every_response(sim_factory, openai_clie
 
 def test_simulator_tpm_limits_tokens(sim_factory, openai_client):
     client = openai_client(sim_factory(tpm=40))
-    long = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+    long = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 400}]}
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(**long)
-    assert e.value.type == "tokens" and "Request too large for m" in e.value.body["message"]
-    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "y" * 40}])  # ~20 tokens
+    assert e.value.type == "tokens" and "Request too large for gpt-4o-mini" in e.value.body["message"]
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 40}]
+    )  # ~20 tokens
     with pytest.raises(openai.RateLimitError) as e:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "y" * 40}])
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 40}])
     assert (e.value.type, e.value.code) == ("tokens", "rate_limit_exceeded")
     assert "tokens per min (TPM): Limit 40" in e.value.body["message"]
     assert int(e.value.response.headers["retry-after"]) >= 1
@@ -88,12 +90,12 @@ def test_simulator_quota_rule_answers_insufficient_quota(sim_factory, openai_cli
     client = openai_client(sim_factory(rules=rules))
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "something expensive"}]
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "something expensive"}]
         )
     assert e.value.code == "insufficient_quota"
     with pytest.raises(openai.RateLimitError):
-        client.responses.create(model="m", input="expensive again")
-    a = client.beta.assistants.create(model="m")
+        client.responses.create(model="gpt-4o-mini", input="expensive again")
+    a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "expensive"}])
     with pytest.raises(openai.RateLimitError) as e:
         client.beta.threads.runs.create(thread_id=thread.id, assistant_id=a.id)
@@ -159,7 +161,9 @@ def test_simulator_dropped_connection_is_an_sdk_connection_error(sim_factory, op
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 def test_simulator_fault_rate_fails_runs_reproducibly(sim_factory):
     def fates(seed: int) -> list[str]:
-        sim = sim_factory(fault_rate=0.5, seed=seed, latency_s=0.01)
+        # Faults before processing only: a blind retry of a create whose answer was lost would make
+        # a second run (that is what after-processing faults are for, tested apart).
+        sim = sim_factory(fault_rate=0.5, seed=seed, latency_s=0.01, fault_after_share=0.0)
         headers = {"Authorization": "Bearer sk-test", "OpenAI-Beta": "assistants=v2"}
         with httpx2.Client(base_url=sim.base_url, headers=headers) as http:
 
@@ -172,7 +176,7 @@ def test_simulator_fault_rate_fails_runs_reproducibly(sim_factory):
                     if r.status_code == 200:
                         return r.json()
 
-            aid = call("POST", "/assistants", json={"model": "m"})["id"]
+            aid = call("POST", "/assistants", json={"model": "gpt-4o-mini"})["id"]
             runs = []
             for i in range(16):
                 tid = call("POST", "/threads", json={"messages": [{"role": "user", "content": f"q{i}"}]})[

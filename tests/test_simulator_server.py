@@ -68,9 +68,12 @@ def test_simulator_replies_and_ids_are_deterministic_for_a_seed(sim_factory):
     def session(seed: int) -> list[str]:
         sim = sim_factory(seed=seed)
         client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
-        out = [client.chat.completions.create(**CHAT).id, client.responses.create(model="m", input="x").id]
-        out.append(client.responses.create(model="m", input="hi").output_text)
-        a = client.beta.assistants.create(model="m")
+        out = [
+            client.chat.completions.create(**CHAT).id,
+            client.responses.create(model="gpt-4o-mini", input="x").id,
+        ]
+        out.append(client.responses.create(model="gpt-4o-mini", input="hi").output_text)
+        a = client.beta.assistants.create(model="gpt-4o-mini")
         run = client.beta.threads.create_and_run_poll(
             assistant_id=a.id, thread={"messages": [{"role": "user", "content": "hi"}]}
         )
@@ -86,8 +89,8 @@ def test_simulator_replies_and_ids_are_deterministic_for_a_seed(sim_factory):
 
 
 def test_simulator_unknown_route_is_404_invalid_url(simulator, validate_against):
-    r = httpx2.get(f"{simulator.base_url}/models/nope", headers={"Authorization": "Bearer sk-test"})
-    assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (GET /v1/models/nope)"
+    r = httpx2.get(f"{simulator.base_url}/fine_tuning/jobs", headers={"Authorization": "Bearer sk-test"})
+    assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (GET /v1/fine_tuning/jobs)"
     validate_against("ErrorResponse", r.json())
     r = httpx2.put(f"{simulator.base_url}/chat/completions", headers={"Authorization": "Bearer sk-test"})
     assert r.status_code == 404
@@ -184,7 +187,9 @@ def test_simulator_cli_serves_until_sigint(tmp_path):
         base_url = m.group(1)
         assert proc.stdout.readline() == f"  export OPENAI_BASE_URL={base_url}\n"
         client = openai.OpenAI(base_url=base_url, api_key="sk-secret-key-123", max_retries=0)
-        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "refund 30"}])
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "refund 30"}]
+        )
         assert reply.choices[0].message.content == "Refunds take refund 30 days."
         client.close()
         proc.send_signal(signal.SIGINT)

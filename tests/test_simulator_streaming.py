@@ -153,7 +153,7 @@ def test_simulator_stream_failing_run_ends_failed_then_done(client, assistant):
 def test_simulator_stream_sees_a_cancel_from_another_client(sim_factory, openai_client):
     sim = sim_factory(latency_s=1.0, jitter=0.0)
     client, other = openai_client(sim), openai_client(sim)
-    a = client.beta.assistants.create(model="m")
+    a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "long story"}])
     handler = Collector()
 
@@ -260,7 +260,7 @@ def test_simulator_chat_stream_failure_raises_api_error(client):
 def test_simulator_stop_ends_open_streams_with_a_wrapped_error(sim_factory, openai_client):
     sim = sim_factory(latency_s=5.0)
     client = openai_client(sim)
-    a = client.beta.assistants.create(model="m")
+    a = client.beta.assistants.create(model="gpt-4o-mini")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "a long one"}])
     errors: list[openai.APIError] = []
 

@@ -13,11 +13,16 @@ import click
 from runner.cli import main
 from runner.errors import UsageError
 from runner.simulator.config import (
+    DEFAULT_FAULT_AFTER_SHARE,
     DEFAULT_LATENCY_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MODELS,
     DEFAULT_RUN_TTL_S,
     REJECTED_KEYS,
     SimulatorConfig,
     load_rules,
+    parse_models,
+    validate_from_env,
 )
 from runner.simulator.rules import SimulatorRules
 
@@ -29,6 +34,13 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> Sim
         return load_rules(value)
     except UsageError as e:
         raise click.BadParameter(str(e), ctx, param) from None
+
+
+def _models(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    models = parse_models(value)
+    if not models:
+        raise click.BadParameter("name at least one model, or '*' for any", ctx, param)
+    return models
 
 
 def _verbose_logging() -> None:
@@ -66,6 +78,33 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     help="Share of requests answered 500/503 or dropped, and of runs that fail.",
 )
 @click.option(
+    "--fault-after-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_FAULT_AFTER_SHARE,
+    show_default=True,
+    help="Share of faults striking after processing: created, then the answer lost (or a stream cut).",
+)
+@click.option(
+    "--models",
+    default=",".join(DEFAULT_MODELS),
+    show_default=True,
+    callback=_models,
+    help="Comma-separated model names accepted (others: 404 model_not_found); '*' accepts any.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BODY_BYTES,
+    show_default=True,
+    help="Larger request bodies get 413.",
+)
+@click.option(
+    "--validate-responses",
+    is_flag=True,
+    help="Check every answer against OpenAI's schemas; violations in /_simulator/stats "
+    "(also RUNNER_SIMULATOR_VALIDATE=1).",
+)
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of latency jitter, faults and ids."
 )
 @click.option(
@@ -92,6 +131,10 @@ def simulate(
     rpm: int | None,
     tpm: int | None,
     fault_rate: float,
+    fault_after_share: float,
+    models: tuple[str, ...],
+    max_body_bytes: int,
+    validate_responses: bool,
     seed: int,
     rules: SimulatorRules | None,
     quota_exhausted: bool,
@@ -118,12 +161,16 @@ def simulate(
         rpm=rpm,
         tpm=tpm,
         fault_rate=fault_rate,
+        fault_after_share=fault_after_share,
+        models=models,
+        max_body_bytes=max_body_bytes,
         seed=seed,
         rules=rules,
         quota_exhausted=quota_exhausted,
         run_ttl_s=run_ttl,
         poll_after_ms=poll_after_ms,
         verbose=verbose,
+        validate_responses=validate_responses or validate_from_env(),
     )
     if verbose:
         _verbose_logging()

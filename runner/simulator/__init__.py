@@ -7,9 +7,17 @@ user CI runs without tokens.
     ...     client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test")
 
 Modules: `config` (SimulatorConfig, --rules files), `rules` (the job file's `simulator:` block),
-`replies` (what the model says), `runs` (the Assistants run lifecycle), `assistants`,
-`responses`, `chat` (routes), `streaming` (run events), `http` (auth, limits, faults, errors,
-stats around every route), `ratelimits`, `faults`, `stats`, `pagination`, `app`, `server`.
+`replies` (what the model says), `structured` (replies valid for a requested JSON schema),
+`logprobs`, `threads` and `runs` (the Assistants objects and run lifecycle), `assistants`,
+`conversations`, `responses`, `chat`, `models` (routes), `streaming` (run events),
+`response_events` (the resumable Responses stream), `http` (auth, limits, faults, body checks,
+errors, stats around every route), `schemas` (OpenAI's schemas, shipped in `openapi/`), `strict`
+(request bodies against them), `audit` (answers against them), `ratelimits`, `faults`, `stats`,
+`pagination`, `app`, `server`.
+
+Strict like OpenAI: request bodies are validated against OpenAI's request schemas (400 with
+OpenAI's `code` and `param`), unknown models get 404 `model_not_found`, bodies over
+`max_body_bytes` get 413 and prompts over a model's context window 400 `context_length_exceeded`.
 """
 
 from typing import TYPE_CHECKING, Any

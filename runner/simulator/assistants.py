@@ -12,23 +12,21 @@ from typing import Any
 from runner.simulator import validation as v
 from runner.simulator.core import Simulator
 from runner.simulator.http import Call, bad_request, not_found, quota_error, sse_response
+from runner.simulator.models import check_model
 from runner.simulator.pagination import page
 from runner.simulator.replies import count_tokens, function_names, plan_after_tools, plan_turn
 from runner.simulator.runs import (
     Run,
-    Thread,
     advance,
     cancel,
     check_tool_outputs,
     completion_tokens,
-    message_text,
-    new_message,
     prompt_tokens,
     schedule,
     submit_tool_outputs,
-    text_part,
 )
 from runner.simulator.streaming import stream_run
+from runner.simulator.threads import Thread, message_text, new_message, text_part
 
 _ASSISTANT_FIELDS = ("name", "description", "instructions")
 
@@ -42,12 +40,12 @@ def _assistant(call: Call, aid: str | None = None) -> dict[str, Any]:
     return found
 
 
-def _assistant_fields(body: dict[str, Any], target: dict[str, Any]) -> None:
+def _assistant_fields(body: dict[str, Any], target: dict[str, Any], models: tuple[str, ...]) -> None:
     for name in _ASSISTANT_FIELDS:
         if name in body:
             target[name] = v.string(body, name)
     if "model" in body:
-        target["model"] = v.string(body, "model")
+        target["model"] = check_model(models, body["model"])
     if "tools" in body:
         target["tools"] = v.assistant_tools(body["tools"])
     if "metadata" in body:
@@ -62,9 +60,8 @@ def _assistant_fields(body: dict[str, Any], target: dict[str, Any]) -> None:
 
 async def create_assistant(call: Call) -> dict[str, Any]:
     body = await call.body()
-    if not isinstance(v.required(body, "model"), str):
-        raise bad_request("Invalid type for 'model': expected a string.", "model")
     sim = call.sim
+    check_model(sim.config.models, v.required(body, "model"))
     a: dict[str, Any] = {
         "id": sim.new_id("asst_"),
         "object": "assistant",
@@ -80,7 +77,7 @@ async def create_assistant(call: Call) -> dict[str, Any]:
         "top_p": 1.0,
         "response_format": "auto",
     }
-    _assistant_fields(body, a)
+    _assistant_fields(body, a, sim.config.models)
     return sim.assistants.add(a["id"], a)
 
 
@@ -92,7 +89,7 @@ async def update_assistant(call: Call) -> dict[str, Any]:
     a = _assistant(call)
     body = await call.body()
     staged = dict(a)
-    _assistant_fields(body, staged)  # validate everything before changing anything
+    _assistant_fields(body, staged, call.sim.config.models)  # validate everything before changing anything
     a.update(staged)
     return a
 
@@ -290,14 +287,20 @@ async def _start_run(call: Call, thread: Thread, body: dict[str, Any], new_threa
     instructions = v.string(body, "instructions") or assistant.get("instructions") or ""
     if body.get("additional_instructions"):
         instructions = f"{instructions}\n{v.string(body, 'additional_instructions')}".strip()
-    model = v.string(body, "model") or assistant["model"]
+    model = check_model(sim.config.models, body["model"]) if body.get("model") else assistant["model"]
     options = _run_options(body, assistant)
     texts = [message_text(m) for m in thread.messages] + [
         "".join(p["text"]["value"] for p in parts if p["type"] == "text") for _, parts, _, _ in extra
     ]
     roles = [m["role"] for m in thread.messages] + [role for role, _, _, _ in extra]
     user_message = next((t for r, t in zip(reversed(roles), reversed(texts), strict=True) if r == "user"), "")
-    plan = plan_turn(sim.config.rules, user_message, function_names(tools), options["tool_choice"])
+    plan = plan_turn(
+        sim.config.rules,
+        user_message,
+        function_names(tools),
+        options["tool_choice"],
+        options["parallel_tool_calls"],
+    )
     if plan.kind == "quota":
         sim.stats.event("quota")
         raise quota_error()

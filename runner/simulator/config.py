@@ -7,6 +7,7 @@ the docs agree on one set of defaults.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,43 @@ NOMINAL_RPM = 30_000
 NOMINAL_TPM = 150_000_000
 """The token limit reported in `x-ratelimit-*` headers when no `tpm` is set (never enforced)."""
 
+ANY_MODEL = "*"
+"""In `models`: accept any non-empty model name (job files run with `--simulate` name their own)."""
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "o3",
+    "o4-mini",
+    "gpt-3.5-turbo",
+)
+"""The models a simulator knows by default: current OpenAI names (the repo's jobs use gpt-4o-mini and
+gpt-4.1-mini). Any other name gets 404 `model_not_found`, like OpenAI."""
+
+DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
+"""Request bodies above this many bytes get 413 (OpenAI's API front refuses bodies of tens of MB;
+20 MiB keeps clear of every legitimate JSON request the runner sends)."""
+
+DEFAULT_FAULT_AFTER_SHARE = 0.5
+"""Of the faults `fault_rate` injects, the share that strikes AFTER the request was processed: the
+object is created (run, response, message, completion) but the answer is lost (dropped connection,
+500/503), or a stream is cut after some events. The rest strike before anything changes."""
+
+VALIDATE_ENV = "RUNNER_SIMULATOR_VALIDATE"
+"""`RUNNER_SIMULATOR_VALIDATE=1`: every simulator (also in child processes) checks its own answers
+against OpenAI's response schemas and counts violations in its stats."""
+
 KeyPredicate = Callable[[str], bool]
+
+
+def validate_from_env() -> bool:
+    return os.environ.get(VALIDATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def auto_poll_after_ms(latency_s: float) -> int:
@@ -64,6 +101,11 @@ class SimulatorConfig:
     verbose: bool = False
     reject_keys: frozenset[str] | KeyPredicate = REJECTED_KEYS
     jitter: float = LATENCY_JITTER
+    models: tuple[str, ...] = DEFAULT_MODELS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    fault_after_share: float = DEFAULT_FAULT_AFTER_SHARE
+    validate_requests: bool = True
+    validate_responses: bool = field(default_factory=validate_from_env)
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +123,16 @@ class SimulatorConfig:
             problems.append("poll_after_ms must be >= 1")
         if not 0.0 <= self.jitter < 1.0:
             problems.append("jitter must be in [0, 1)")
+        if isinstance(self.models, str):  # "a,b" from a CLI or an environment: a tuple of names
+            object.__setattr__(self, "models", parse_models(self.models))
+        elif not isinstance(self.models, tuple):
+            object.__setattr__(self, "models", tuple(self.models))
+        if not self.models or any(not m for m in self.models):
+            problems.append("models must name at least one model (or '*')")
+        if self.max_body_bytes < 1:
+            problems.append("max_body_bytes must be >= 1")
+        if not 0.0 <= self.fault_after_share <= 1.0:
+            problems.append("fault_after_share must be between 0 and 1")
         if problems:
             raise UsageError("invalid simulator configuration: " + "; ".join(problems))
 
@@ -92,6 +144,11 @@ class SimulatorConfig:
         if callable(self.reject_keys):
             return bool(self.reject_keys(key))
         return key in self.reject_keys
+
+
+def parse_models(value: str) -> tuple[str, ...]:
+    """`"gpt-4o, o3"` → ("gpt-4o", "o3"); `"*"` → any model."""
+    return tuple(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
 
 
 def load_rules(path: str | Path) -> SimulatorRules:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from runner.simulator.audit import Audit
 from runner.simulator.config import SimulatorConfig
 from runner.simulator.faults import Faults
 from runner.simulator.ratelimits import RateLimiter
@@ -55,7 +56,8 @@ class Simulator:
         self.config = config
         self.stats = Stats()
         self.limiter = RateLimiter(config.rpm, config.tpm)
-        self.faults = Faults(config.fault_rate, config.seed)
+        self.faults = Faults(config.fault_rate, config.seed, config.fault_after_share)
+        self.audit = Audit(self.stats)
         self._ids = random.Random(f"{config.seed}:ids")
         self._jitter = random.Random(f"{config.seed}:latency")
         self.closing: asyncio.Event | None = None  # set when the server stops: open streams end

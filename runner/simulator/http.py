@@ -1,10 +1,14 @@
-"""The HTTP frame every `/v1` route runs in: auth, quota, rate limits, faults, errors, stats, logging.
+"""The HTTP frame every `/v1` route runs in: auth, quota, rate limits, faults, body checks, errors,
+stats, logging.
 
 `endpoint()` wraps a route's handlers (one per method) so that each request is counted once,
 authenticated (401 for a missing, empty or rejected key), refused when over quota or over the
-limits (429), possibly turned into a fault (500, 503 or a dropped connection), and answered with
-the headers of wire-protocol §1/§8 on every response. Handlers raise `APIError` for the error
-bodies of §1 (`{"error": {message, type, param, code}}`).
+limits (429), possibly turned into a fault (500, 503 or a dropped connection, before or after the
+handler ran; a stream may be cut), its body refused when too large (413) or not what OpenAI's
+request schema allows (400, see `strict`), and answered with the headers of wire-protocol §1/§8 on
+every response. With `validate_responses` every answer is also checked against OpenAI's response
+schemas (`audit`). Handlers raise `APIError` for the error bodies of §1
+(`{"error": {message, type, param, code}}`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from runner.simulator.core import Simulator
+from runner.simulator.faults import Fault
 from runner.simulator.ratelimits import RateLimited, key_id
 
 log = logging.getLogger("runner.simulator")
@@ -132,9 +137,16 @@ class Call:
         return self.request.query_params.get(name)
 
     async def body(self) -> dict[str, Any]:
-        """The JSON object sent (an empty body counts as `{}`), or 400 like OpenAI."""
+        """The JSON object sent (an empty body counts as `{}`), or 400 like OpenAI (413 when too big)."""
         if self._body is None:
-            raw = await self.request.body()
+            raw = await self.request.body()  # read whole even when too big: the client is still sending
+            limit = self.sim.config.max_body_bytes
+            if len(raw) > limit:
+                raise APIError(
+                    413,
+                    f"Request too large: the body has {len(raw)} bytes, the maximum is {limit} bytes.",
+                    code="request_too_large",
+                )
             if not raw.strip():
                 self._body = {}
             else:
@@ -158,28 +170,44 @@ class Call:
 Handler = Callable[[Call], Awaitable[Any]]
 
 
+async def _close_connection(scope: Scope) -> bool:
+    """Close the client's TCP connection under uvicorn's feet; False when the server does not allow it."""
+    raw = scope.get(RAW_SEND_KEY)
+    cycle = getattr(raw, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        return False
+    transport.close()
+    for _ in range(20):  # let connection_lost run so the server does not answer a 500 itself
+        if getattr(cycle, "disconnected", True):
+            break
+        await asyncio.sleep(0)
+    return True
+
+
 class DroppedConnection(Response):
     """Closes the client's connection without any answer (a fault), where the server allows it."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: Request) -> None:
         super().__init__(status_code=500)
+        self.request = request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = scope.get(RAW_SEND_KEY)
-        cycle = getattr(raw, "__self__", None)
-        transport = getattr(cycle, "transport", None)
-        if transport is None:  # not uvicorn's httptools/h11 cycle: fall back to a bare 500
+        # Read the request out first (cached if a handler did): closing on unread bytes sends a RST.
+        await self.request.body()
+        if not await _close_connection(scope):  # not uvicorn's httptools/h11 cycle: a bare 500
             await super().__call__(scope, receive, send)
+
+
+async def _cut(events: AsyncIterable[Any], after: int, scope: Scope) -> AsyncIterator[Any]:
+    """A stream that loses its connection after `after` chunks (an after-processing fault)."""
+    sent = 0
+    async for chunk in events:
+        yield chunk
+        sent += 1
+        if sent >= after:
+            await _close_connection(scope)
             return
-        while True:  # read the request out first: closing on unread bytes would send a RST, not a FIN
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-        transport.close()
-        for _ in range(20):  # let connection_lost run so the server does not answer a 500 itself
-            if getattr(cycle, "disconnected", True):
-                break
-            await asyncio.sleep(0)
 
 
 def bearer_key(request: Request) -> str | None:
@@ -189,11 +217,34 @@ def bearer_key(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def _authenticate(sim: Simulator, request: Request) -> str:
+    """The key's id, or 401 `invalid_api_key` for a missing, empty or rejected key."""
+    token = bearer_key(request)
+    if token is None:
+        raise APIError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization "
+            "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            code="invalid_api_key",
+        )
+    if sim.config.is_rejected_key(token):
+        raise APIError(
+            401,
+            "Incorrect API key provided. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
+    return key_id(token)
+
+
 def endpoint(
     sim: Simulator, route: str, handlers: dict[str, Handler], beta: bool = False
 ) -> Callable[..., Any]:
     """The Starlette endpoint for `route` (a template like `/v1/threads/{thread_id}`)."""
     verbose = sim.config.verbose
+    spec_route = route.removeprefix("/v1")
+    check_requests = sim.config.validate_requests
+    audit = sim.audit if sim.config.validate_responses else None
 
     async def run(request: Request) -> Response:
         started = time.perf_counter()
@@ -203,24 +254,9 @@ def endpoint(
         now = sim.now()
         key: str | None = None
         extra: dict[str, str] = {}
+        fault: Fault | None = None
         try:
-            token = bearer_key(request)
-            if token is None:
-                raise APIError(
-                    401,
-                    "You didn't provide an API key. You need to provide your API key in an Authorization "
-                    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                    code="invalid_api_key",
-                )
-            if sim.config.is_rejected_key(token):
-                raise APIError(
-                    401,
-                    "Incorrect API key provided. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.",
-                    code="invalid_api_key",
-                )
-            key = key_id(token)
-            del token
+            key = _authenticate(sim, request)
             if sim.config.quota_exhausted:
                 sim.stats.event("quota")
                 raise quota_error()
@@ -228,20 +264,26 @@ def endpoint(
             fault = sim.faults.request_fault()
             if fault is not None:
                 sim.stats.event("faults")
-                if fault == "drop":
-                    sim.stats.event("dropped")
-                    _log(verbose, method, request, "dropped", started)
-                    return DroppedConnection()
-                raise server_error(int(fault))
+                if not fault.after:
+                    if fault.kind == "drop":
+                        sim.stats.event("dropped")
+                        _log(verbose, method, request, "dropped", started)
+                        return DroppedConnection(request)
+                    raise server_error(int(fault.kind))
             handler = handlers.get(method)
             if handler is None:
                 raise APIError(404, f"Invalid URL ({method} {request.url.path})")
             if beta and request.headers.get("openai-beta", "").replace(" ", "") != "assistants=v2":
                 raise bad_request(
                     "You must provide the 'OpenAI-Beta' header to access the Assistants API. "
-                    "Please try again by setting the header 'OpenAI-Beta: assistants=v2'."
+                    "Please try again by setting the header 'OpenAI-Beta: assistants=v2'.",
+                    code="invalid_beta",  # OpenAI's code for this refusal (param null)
                 )
             call = Call(sim, request, key, now, extra)
+            if method == "POST":
+                sent = await call.body()
+                if check_requests:
+                    _check_body(sim, method, spec_route, sent)
             result = await handler(call)
         except RateLimited as e:
             sim.stats.event("rate_limited")
@@ -254,6 +296,18 @@ def endpoint(
         except Exception:  # a simulator bug: answer like OpenAI's 500 and say where it came from
             log.exception("simulator error on %s %s", method, route)
             result, status = server_error().body(), 500
+        if fault is not None and fault.after:  # processed (state changed), now the answer is lost
+            sim.stats.event("faults_after")
+            if isinstance(result, StreamingResponse):
+                sim.stats.event("streams_cut")
+                result.body_iterator = _cut(result.body_iterator, fault.cut_after_events, request.scope)
+            elif fault.kind == "drop":
+                sim.stats.event("dropped")
+                _log(verbose, method, request, "dropped", started)
+                return DroppedConnection(request)
+            else:
+                err = server_error(int(fault.kind))
+                result, status = err.body(), err.status
         # Headers are assembled once as raw bytes: Starlette's MutableHeaders rescans on every set.
         headers = [
             (b"x-request-id", sim.request_id().encode()),
@@ -264,14 +318,29 @@ def endpoint(
         if isinstance(result, Response):  # a stream
             response = result
             response.raw_headers.extend(headers)
+            if audit is not None and isinstance(response, StreamingResponse):
+                response.body_iterator = audit.checked_stream(method, spec_route, response.body_iterator)
         else:
             body = result if isinstance(result, bytes) else dumps(result)
             response = RawJSONResponse(body, status, headers)
+            if audit is not None:
+                audit.check_answer(method, spec_route, status, body)
         sim.stats.status(response.status_code)
         _log(verbose, method, request, response.status_code, started)
         return response
 
     return run
+
+
+def _check_body(sim: Simulator, method: str, route: str, body: dict[str, Any]) -> None:
+    """400 for a body OpenAI's request schema refuses (counted in the stats: a client bug)."""
+    from runner.simulator.strict import check_body  # imports http: loaded once the server runs
+
+    try:
+        check_body(method, route, body)
+    except APIError as e:
+        sim.stats.invalid_request(f"{method} /v1{route}: {e.message}")
+        raise
 
 
 def _log(verbose: bool, method: str, request: Request, status: int | str, started: float) -> None:

@@ -30,17 +30,28 @@ _CHUNK = re.compile(r"\s*\S+\s*|\s+")
 
 @dataclass(frozen=True)
 class Plan:
-    """The simulated model's decision for one turn."""
+    """The simulated model's decision for one turn: a reply, or calls as (name, JSON arguments)."""
 
     kind: PlanKind
     text: str = ""
-    call: str | None = None
-    arguments: str = "{}"
+    calls: tuple[tuple[str, str], ...] = ()
     rule: Rule | None = None
 
     @property
     def latency_s(self) -> float | None:
         return self.rule.latency_s if self.rule is not None else None
+
+    @property
+    def call(self) -> str | None:
+        """The first call's function name (None: not a call)."""
+        return self.calls[0][0] if self.calls else None
+
+    @property
+    def arguments(self) -> str:
+        return self.calls[0][1] if self.calls else "{}"
+
+    def call_tokens(self) -> int:
+        return count_tokens(*(name + args for name, args in self.calls))
 
 
 def render(template: str, variables: dict[str, str]) -> str:
@@ -81,12 +92,14 @@ def plan_turn(
     message: str,
     tools: Collection[str],
     tool_choice: Any = "auto",
+    parallel: bool = True,
 ) -> Plan:
     """The answer to `message` (the latest user message).
 
     The first rule whose regex matches wins, except that a tool call is only made when the function
     is declared in `tools` and `tool_choice` allows it (a real model cannot call undeclared tools);
-    such rules are skipped. `tool_choice` "required" or a named function forces a call.
+    such rules are skipped. `tool_choice` "required" or a named function forces a call. Without
+    `parallel` (parallel_tool_calls: false) a rule naming several calls makes only the first.
     """
     variables = {"message": message}
     calls_allowed = tool_choice != "none"
@@ -95,11 +108,12 @@ def plan_turn(
         if not re.search(rule.when, message):
             continue
         if rule.call is not None:
-            if not calls_allowed or rule.call not in tools or (forced and rule.call != forced):
+            calls = rule.calls if parallel else rule.calls[:1]
+            names = {c.name for c in calls}
+            if not calls_allowed or not names <= set(tools) or (forced and names != {forced}):
                 continue
-            return Plan(
-                "call", call=rule.call, arguments=_render_arguments(rule.arguments, variables), rule=rule
-            )
+            rendered = tuple((c.name, _render_arguments(c.arguments, variables)) for c in calls)
+            return Plan("call", calls=rendered, rule=rule)
         if forced:
             continue
         if rule.fail:
@@ -108,7 +122,7 @@ def plan_turn(
             return Plan("quota", rule=rule)
         return Plan("reply", text=render(rule.reply or "", variables), rule=rule)
     if forced:
-        return Plan("call", call=forced, arguments="{}")
+        return Plan("call", calls=((forced, "{}"),))
     return Plan("reply", text=render(rules.default, variables))
 
 
@@ -131,7 +145,7 @@ def plan_after_tools(
     names = set(calls)
     variables = {"message": message, "tool_output": "\n".join(outputs)}
     for rule in rules.rules:
-        if rule.call in names and re.search(rule.when, message):
+        if any(c.name in names for c in rule.calls) and re.search(rule.when, message):
             return Plan("reply", text=render(rule.then or DEFAULT_THEN, variables), rule=rule)
     return Plan("reply", text=render(DEFAULT_THEN, variables))
 

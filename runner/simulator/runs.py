@@ -19,6 +19,8 @@ from typing import Any
 from runner.simulator.core import CANCEL_DELAY_S, Simulator
 from runner.simulator.http import SERVER_ERROR_MESSAGE, bad_request, dumps
 from runner.simulator.replies import Plan, chunk_text, count_tokens
+from runner.simulator.structured import shape_reply
+from runner.simulator.threads import Thread, message_text, new_message, text_part
 
 ACTIVE = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
 TERMINAL = frozenset({"cancelled", "failed", "completed", "incomplete", "expired"})
@@ -37,69 +39,6 @@ _STEP_STATUS = {
     "failed": "failed",
     "expired": "expired",
 }
-
-
-@dataclass
-class Thread:
-    id: str
-    created_at: int
-    metadata: dict[str, str]
-    tool_resources: dict[str, Any]
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    runs: list[Run] = field(default_factory=list)
-    active_run: Run | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "thread",
-            "created_at": self.created_at,
-            "metadata": self.metadata,
-            "tool_resources": self.tool_resources,
-        }
-
-
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "text", "text": {"value": text, "annotations": []}}
-
-
-def message_text(message: dict[str, Any]) -> str:
-    return "".join(p["text"]["value"] for p in message["content"] if p.get("type") == "text")
-
-
-def new_message(
-    sim: Simulator,
-    thread: Thread,
-    role: str,
-    content: list[dict[str, Any]],
-    now: float,
-    *,
-    status: str = "completed",
-    run: Run | None = None,
-    attachments: list[Any] | None = None,
-    metadata: dict[str, str] | None = None,
-    mid: str | None = None,
-) -> dict[str, Any]:
-    """Create a `thread.message` in `thread` (and the global table)."""
-    msg: dict[str, Any] = {
-        "id": mid or sim.new_id("msg_"),
-        "object": "thread.message",
-        "created_at": int(now),
-        "thread_id": thread.id,
-        "status": status,
-        "incomplete_details": None,
-        "completed_at": int(now) if status == "completed" else None,
-        "incomplete_at": None,
-        "role": role,
-        "content": content,
-        "assistant_id": run.assistant_id if run else None,
-        "run_id": run.id if run else None,
-        "attachments": attachments or [],
-        "metadata": metadata or {},
-    }
-    thread.messages.append(msg)
-    sim.messages.add(msg["id"], msg)
-    return msg
 
 
 @dataclass(eq=False)
@@ -135,7 +74,8 @@ class Run:
     cancel_at: float | None = None
     ids: dict[str, str] = field(default_factory=dict)  # drawn when a phase is scheduled
     message: dict[str, Any] | None = None
-    message_final: str = ""
+    message_full: str = ""  # the reply in the requested format
+    message_final: str = ""  # what of it fits max_completion_tokens
     steps: list[dict[str, Any]] = field(default_factory=list)
     tool_step: dict[str, Any] | None = None
     tool_outputs: list[str] = field(default_factory=list)
@@ -235,6 +175,8 @@ def schedule(sim: Simulator, run: Run, now: float, plan: Plan, extra_prompt: str
     # Ids of what the phase may create are drawn now, in request order, so that they depend on
     # the seed and the requests only, not on when a read happens to apply the transition.
     run.ids = {k: sim.new_id(p) for k, p in _PHASE_IDS}
+    for i in range(1, len(plan.calls)):  # parallel calls beyond the first (drawn only when there are)
+        run.ids[f"call{i}"] = sim.new_id("call_")
     run.phase_start = now + sim.queue_time(latency)
     run.phase_done = now + latency
     run.phase_prompt = prompt_tokens(run, extra_prompt)
@@ -242,7 +184,7 @@ def schedule(sim: Simulator, run: Run, now: float, plan: Plan, extra_prompt: str
 
 def completion_tokens(plan: Plan) -> int:
     if plan.kind == "call":
-        return count_tokens(plan.call or "", plan.arguments)
+        return plan.call_tokens()
     return count_tokens(plan.text)
 
 
@@ -289,10 +231,11 @@ def _start(sim: Simulator, run: Run, at: float) -> None:
         sim, run.thread, "assistant", [], at, status="in_progress", run=run, mid=run.ids["message"]
     )
     run.message = msg
-    run.message_final = run.plan.text
+    run.message_full = shape_reply(run.plan.text, run.options["response_format"])
+    run.message_final = run.message_full
     limit = run.options["max_completion_tokens"]
-    if limit and count_tokens(run.plan.text) > limit:
-        run.message_final = run.plan.text[: limit * 4]
+    if limit and count_tokens(run.message_full) > limit:
+        run.message_final = run.message_full[: limit * 4]
     step = _new_step(
         run,
         run.ids["message_step"],
@@ -317,10 +260,11 @@ def _done(sim: Simulator, run: Run, at: float) -> None:
     if plan.kind == "call":
         calls: list[dict[str, Any]] = [
             {
-                "id": run.ids["call"],
+                "id": run.ids["call" if i == 0 else f"call{i}"],
                 "type": "function",
-                "function": {"name": plan.call, "arguments": plan.arguments},
+                "function": {"name": name, "arguments": arguments},
             }
+            for i, (name, arguments) in enumerate(plan.calls)
         ]
         step = _new_step(
             run, run.ids["tool_step"], at, "tool_calls", {"type": "tool_calls", "tool_calls": []}
@@ -348,7 +292,7 @@ def _done(sim: Simulator, run: Run, at: float) -> None:
         return
     run.completion_tokens += count_tokens(run.message_final)
     over_prompt = run.options["max_prompt_tokens"] and run.prompt_tokens > run.options["max_prompt_tokens"]
-    truncated = run.message_final != plan.text
+    truncated = run.message_final != run.message_full
     if over_prompt or truncated:
         run.incomplete_reason = "max_prompt_tokens" if over_prompt else "max_completion_tokens"
         _finish(run, "incomplete", at)

@@ -11,6 +11,9 @@ import threading
 from collections import Counter
 from typing import Any
 
+MAX_SAMPLES = 10
+"""How many schema violations (and refused requests) are described in the stats; all are counted."""
+
 
 class Stats:
     def __init__(self) -> None:
@@ -18,6 +21,8 @@ class Stats:
         self._routes: Counter[str] = Counter()
         self._statuses: Counter[str] = Counter()
         self._other: Counter[str] = Counter()
+        self._violations: list[str] = []
+        self._invalid: list[str] = []
 
     def request(self, method: str, route: str) -> None:
         with self._lock:
@@ -28,15 +33,31 @@ class Stats:
             self._statuses[str(status)] += 1
 
     def event(self, name: str) -> None:
-        """Count a non-status event: dropped, rate_limited, quota, faults, runs_failed."""
+        """Count a non-status event: dropped, rate_limited, quota, faults, faults_after, runs_failed…"""
         with self._lock:
             self._other[name] += 1
+
+    def violation(self, message: str) -> None:
+        """An answer of the simulator that does not match OpenAI's response schemas (a simulator bug)."""
+        with self._lock:
+            self._other["schema_violations"] += 1
+            if len(self._violations) < MAX_SAMPLES:
+                self._violations.append(message)
+
+    def invalid_request(self, message: str) -> None:
+        """A request body OpenAI's request schemas refuse (answered 400: a client bug)."""
+        with self._lock:
+            self._other["invalid_requests"] += 1
+            if len(self._invalid) < MAX_SAMPLES:
+                self._invalid.append(message)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             routes = dict(sorted(self._routes.items()))
             statuses = dict(sorted(self._statuses.items()))
             other = dict(self._other)
+            violations = list(self._violations)
+            invalid = list(self._invalid)
         return {
             "requests_total": sum(routes.values()),
             "by_route": routes,
@@ -46,7 +67,13 @@ class Stats:
             "429_quota": other.get("quota", 0),
             "dropped": other.get("dropped", 0),
             "faults": other.get("faults", 0),
+            "faults_after_processing": other.get("faults_after", 0),
+            "streams_cut": other.get("streams_cut", 0),
             "runs_failed": other.get("runs_failed", 0),
+            "schema_violations": other.get("schema_violations", 0),
+            "schema_violation_samples": violations,
+            "invalid_requests": other.get("invalid_requests", 0),
+            "invalid_request_samples": invalid,
         }
 
     def reset(self) -> None:
@@ -54,3 +81,5 @@ class Stats:
             self._routes.clear()
             self._statuses.clear()
             self._other.clear()
+            self._violations.clear()
+            self._invalid.clear()

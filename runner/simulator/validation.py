@@ -17,7 +17,9 @@ def metadata(value: Any, param: str = "metadata") -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise bad_request(
-            f"Invalid type for '{param}': expected an object, but got {type(value).__name__}.", param
+            f"Invalid type for '{param}': expected an object, but got {type(value).__name__}.",
+            param,
+            "invalid_type",
         )
     if len(value) > MAX_METADATA:
         raise bad_request(
@@ -28,12 +30,20 @@ def metadata(value: Any, param: str = "metadata") -> dict[str, str]:
         )
     for k, v in value.items():
         if len(k) > 64:
-            raise bad_request(f"Invalid '{param}': key '{k[:64]}…' is longer than 64 characters.", param)
+            raise bad_request(
+                f"Invalid '{param}': key '{k[:64]}…' is longer than 64 characters.",
+                param,
+                "string_above_max_length",
+            )
         if not isinstance(v, str):
-            raise bad_request(f"Invalid type for '{param}.{k}': expected a string.", f"{param}.{k}")
+            raise bad_request(
+                f"Invalid type for '{param}.{k}': expected a string.", f"{param}.{k}", "invalid_type"
+            )
         if len(v) > 512:
             raise bad_request(
-                f"Invalid '{param}.{k}': string too long. Expected at most 512 characters.", param
+                f"Invalid '{param}.{k}': string too long. Expected at most 512 characters.",
+                f"{param}.{k}",
+                "string_above_max_length",
             )
     return dict(value)
 
@@ -41,7 +51,7 @@ def metadata(value: Any, param: str = "metadata") -> dict[str, str]:
 def required(body: dict[str, Any], name: str) -> Any:
     value = body.get(name)
     if value is None:
-        raise bad_request(f"Missing required parameter: '{name}'.", name)
+        raise bad_request(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
     return value
 
 
@@ -49,7 +59,9 @@ def string(body: dict[str, Any], name: str, default: str | None = None) -> str |
     value = body.get(name, default)
     if value is not None and not isinstance(value, str):
         raise bad_request(
-            f"Invalid type for '{name}': expected a string, but got {type(value).__name__}.", name
+            f"Invalid type for '{name}': expected a string, but got {type(value).__name__}.",
+            name,
+            "invalid_type",
         )
     return value
 
@@ -59,9 +71,12 @@ def number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | Non
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_request(f"Invalid type for '{name}': expected a number.", name)
+        raise bad_request(f"Invalid type for '{name}': expected a number.", name, "invalid_type")
     if not lo <= value <= hi:
-        raise bad_request(f"Invalid '{name}': expected a value between {lo} and {hi}, got {value}.", name)
+        code = "decimal_below_min_value" if value < lo else "decimal_above_max_value"
+        raise bad_request(
+            f"Invalid '{name}': expected a value between {lo} and {hi}, got {value}.", name, code
+        )
     return float(value)
 
 
@@ -70,7 +85,12 @@ def token_cap(body: dict[str, Any], name: str, minimum: int = 1) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_request(f"Invalid '{name}': expected an integer >= {minimum}.", name)
+        code = (
+            "integer_below_min_value"
+            if isinstance(value, int) and not isinstance(value, bool)
+            else "invalid_type"
+        )
+        raise bad_request(f"Invalid '{name}': expected an integer >= {minimum}.", name, code)
     return value
 
 
@@ -79,7 +99,7 @@ def assistant_tools(value: Any, param: str = "tools") -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise bad_request(f"Invalid type for '{param}': expected an array.", param)
+        raise bad_request(f"Invalid type for '{param}': expected an array.", param, "invalid_type")
     out = []
     for i, tool in enumerate(value):
         where = f"{param}[{i}]"
@@ -92,6 +112,7 @@ def assistant_tools(value: Any, param: str = "tools") -> list[dict[str, Any]]:
                 f"Invalid value for '{where}.type': supported values are 'code_interpreter', 'file_search' "
                 "and 'function'.",
                 f"{where}.type",
+                "invalid_value",
             )
         if tool["type"] != "function":
             out.append({"type": tool["type"]})
@@ -99,7 +120,9 @@ def assistant_tools(value: Any, param: str = "tools") -> list[dict[str, Any]]:
         fn = tool.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise bad_request(
-                f"Missing required parameter: '{where}.function.name'.", f"{where}.function.name"
+                f"Missing required parameter: '{where}.function.name'.",
+                f"{where}.function.name",
+                "missing_required_parameter",
             )
         _function_name(fn["name"], f"{where}.function.name")
         clean = {
@@ -115,7 +138,9 @@ def assistant_tools(value: Any, param: str = "tools") -> list[dict[str, Any]]:
 def _function_name(name: str, param: str) -> None:
     if not _FUNCTION_NAME.match(name):
         raise bad_request(
-            f"Invalid '{param}': string does not match pattern. Expected ^[a-zA-Z0-9_-]{{1,64}}$.", param
+            f"Invalid '{param}': string does not match pattern. Expected ^[a-zA-Z0-9_-]{{1,64}}$.",
+            param,
+            "invalid_value",
         )
 
 
@@ -124,17 +149,21 @@ def flat_tools(value: Any, param: str = "tools") -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise bad_request(f"Invalid type for '{param}': expected an array.", param)
+        raise bad_request(f"Invalid type for '{param}': expected an array.", param, "invalid_type")
     out = []
     for i, tool in enumerate(value):
         where = f"{param}[{i}]"
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise bad_request(f"Missing required parameter: '{where}.type'.", f"{where}.type")
+            raise bad_request(
+                f"Missing required parameter: '{where}.type'.", f"{where}.type", "missing_required_parameter"
+            )
         if tool["type"] != "function":
             out.append(dict(tool))
             continue
         if not isinstance(tool.get("name"), str):
-            raise bad_request(f"Missing required parameter: '{where}.name'.", f"{where}.name")
+            raise bad_request(
+                f"Missing required parameter: '{where}.name'.", f"{where}.name", "missing_required_parameter"
+            )
         _function_name(tool["name"], f"{where}.name")
         out.append(
             {
