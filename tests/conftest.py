@@ -30,6 +30,10 @@ from runner.simulator import RunningSimulator, SimulatorConfig, SimulatorRules, 
 
 TEST_LATENCY_S = 0.05
 
+# Every simulator of the suite, in this process or in a child, checks what it answers against
+# OpenAI's response schemas (requests are always checked: a bad one is a 400).
+os.environ.setdefault("RUNNER_SIMULATOR_VALIDATE", "1")
+
 
 def missing_component(what: str) -> None:
     """A real component (Chromium, a model server, ...) is not here: in CI (`.ci/run` sets
@@ -44,7 +48,10 @@ def missing_component(what: str) -> None:
 def sim_factory() -> Iterator[Callable[..., RunningSimulator]]:
     started: list[RunningSimulator] = []
 
-    def make(**config: Any) -> RunningSimulator:
+    audited: list[RunningSimulator] = []
+
+    def make(*, audit_clean: bool = True, **config: Any) -> RunningSimulator:
+        """`audit_clean`: fail the test at teardown if the simulator sent anything off-schema."""
         rules = config.pop("rules", None)
         if isinstance(rules, dict):
             rules = SimulatorRules.model_validate(rules)
@@ -53,11 +60,18 @@ def sim_factory() -> Iterator[Callable[..., RunningSimulator]]:
         config.setdefault("latency_s", TEST_LATENCY_S)
         sim = start_simulator(SimulatorConfig(**config))
         started.append(sim)
+        if audit_clean:
+            audited.append(sim)
         return sim
 
     yield make
+    violations = []
     for sim in started:
+        if sim in audited:
+            stats = sim.stats()
+            violations += stats.get("schema_violation_samples", []) if stats.get("schema_violations") else []
         sim.stop()
+    assert not violations, f"the simulator answered off-schema: {violations}"
 
 
 @pytest.fixture

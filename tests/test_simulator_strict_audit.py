@@ -66,7 +66,8 @@ async def _drain(stream) -> list[bytes]:
     return [c async for c in stream]
 
 
-def test_simulator_strict_audit_reports_a_bad_answer(simulator):
+def test_simulator_strict_audit_reports_a_bad_answer(sim_factory):
+    simulator = sim_factory(audit_clean=False)  # this test feeds it bad answers on purpose
     audit = simulator.simulator.audit
     audit.check("RunObject", {"id": 1, "object": "thread.run"}, "injected")
     audit.check_answer("GET", "/threads/{thread_id}/runs/{run_id}", 200, b'{"status": "sleeping"}')

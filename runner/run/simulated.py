@@ -18,9 +18,11 @@ def simulated_environment(job: Job, settings: Settings) -> Iterator[Settings]:
     """Start the simulator with the job's `simulator:` block; yield the settings pointing at it
     (worker processes get them through their environment); stop it afterwards."""
     rules = job.simulator
-    config = SimulatorConfig(rules=rules) if rules is not None else SimulatorConfig()
-    if rules is not None and rules.latency_s is not None:
-        config = SimulatorConfig(rules=rules, latency_s=rules.latency_s)
+    # Any model name: a job written for another server (vLLM, Ollama, ...) names its own models.
+    config = SimulatorConfig(models=("*",))
+    if rules is not None:
+        latency = rules.latency_s if rules.latency_s is not None else config.latency_s
+        config = SimulatorConfig(rules=rules, latency_s=latency, models=("*",))
     sim = start_simulator(config)
     try:
         yield settings.replace(base_url=sim.base_url, api_key=settings.api_key or SIMULATOR_API_KEY)
