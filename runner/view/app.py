@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -216,8 +217,9 @@ def create_app(config: ViewConfig) -> Starlette:
     async def action(request: Request) -> Response:
         if not config.allow_actions:
             raise HTTPException(403, "read-only: start `runner view --allow-actions` to retry or cancel")
-        form = await request.form()
-        if not secrets.compare_digest(str(form.get("token", "")), config.token):
+        # A urlencoded form of one field: the standard library parses it (no python-multipart).
+        form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        if not secrets.compare_digest((form.get("token") or [""])[0], config.token):
             raise HTTPException(403, "missing or wrong form token")
         batch_id = request.path_params["batch_id"]
         source = batch_source(batch_id)
@@ -234,8 +236,8 @@ def create_app(config: ViewConfig) -> Starlette:
             raise HTTPException(404, str(e)) from None
         except RunnerError as e:
             message = f"failed: {e}"
-        return RedirectResponse(request.url_for("batch", batch_id=batch_id).include_query_params(
-            message=message), status_code=303)  # fmt: skip
+        query = urllib.parse.urlencode({"message": message})
+        return RedirectResponse(f"/batch/{urllib.parse.quote(batch_id)}?{query}", status_code=303)
 
     async def error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
