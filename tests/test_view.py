@@ -36,27 +36,44 @@ JOB_DOC: dict[str, Any] = {
     "assistants": {
         "bot": {
             "instructions": "Help.",
-            "tools": [{"type": "function", "function": {
-                "name": "lookup_order", "description": "Look an order up",
-                "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
-            }}],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "lookup_order",
+                        "description": "Look an order up",
+                        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+                    },
+                }
+            ],
         }
-    },  # fmt: skip
+    },
     "conversations": [
         {"id": "hostile", "turns": [{"user": "say some html", "expect": [{"contains": "safe"}]}]},
-        {"id": "order", "tool_outputs": {"lookup_order": '{"status": "shipped"}'},
-         "turns": [{"user": "where is order A1", "expect": [{"tool_called": "lookup_order"},
-                                                             {"contains": "shipped"}]}]},
+        {
+            "id": "order",
+            "tool_outputs": {"lookup_order": '{"status": "shipped"}'},
+            "turns": [
+                {
+                    "user": "where is order A1",
+                    "expect": [{"tool_called": "lookup_order"}, {"contains": "shipped"}],
+                }
+            ],
+        },
         {"id": "refund", "turns": [{"user": "refund please", "expect": [{"contains": "60 days"}]}]},
-    ],  # fmt: skip
+    ],
     "simulator": {
         "latency_s": 0.01,
         "rules": [
             {"when": "(?i)html", "reply": HOSTILE},
-            {"when": "(?i)order", "call": "lookup_order", "arguments": {"order_id": "A1"},
-             "then": "Your order is {{tool_output}}."},
+            {
+                "when": "(?i)order",
+                "call": "lookup_order",
+                "arguments": {"order_id": "A1"},
+                "then": "Your order is {{tool_output}}.",
+            },
             {"when": "(?i)refund", "reply": "Refunds within 30 days."},
-        ],  # fmt: skip
+        ],
     },
 }
 
@@ -142,7 +159,10 @@ def test_view_pages_and_sorts_large_files(transcript: Path, tmp_path: Path) -> N
         ids = row_ids(html)
         assert len(ids) == 20 and ids[0].endswith("-00019") and ids[-1].endswith("-00000")
         assert "120 of 120 conversations; page 3 of 3" in html
-        assert 'rel="prev" href="/file/0?status=all&amp;check=&amp;q=&amp;sort=latency&amp;desc=1&amp;page=2"' in html
+        assert (
+            'rel="prev" href="/file/0?status=all&amp;check=&amp;q=&amp;sort=latency&amp;desc=1&amp;page=2"'
+            in html
+        )
         assert len(row_ids(fetch(s.url + "file/0?part=rows&page=1")[2])) == 50
 
 
@@ -156,7 +176,9 @@ def test_view_conversation_shows_turns_checks_and_tool_calls(transcript: Path) -
         assert '<code class="tool-output">{&#34;status&#34;: &#34;shipped&#34;}</code>' in html
         assert '<li class="ok">✓ tool_called &#34;lookup_order&#34;</li>' in html
         refund = fetch(f"{s.url}file/0/conversation?id={urllib.parse.quote(f'{JOB}/refund#r0')}")[2]
-        assert re.search(r'<li class="bad">✗ contains &#34;60 days&#34; <span class="why">[^<]+</span>', refund)
+        assert re.search(
+            r'<li class="bad">✗ contains &#34;60 days&#34; <span class="why">[^<]+</span>', refund
+        )
         assert fetch(f"{s.url}file/0/conversation?id=nope")[0] == 404
 
 
@@ -186,7 +208,10 @@ def test_view_diff_shows_changed_replies_side_by_side(transcript: Path, tmp_path
     with serving(ViewConfig(files=[str(transcript), str(new)])) as s:
         assert '<form action="/diff"' in fetch(s.url)[2]
         html = fetch(s.url + "diff?old=0&new=1")[2]
-    assert "0 regressions, 1 improvements, 1 changed replies, 0 added, 0 removed (3 conversations compared)" in html
+    assert (
+        "0 regressions, 1 improvements, 1 changed replies, 0 added, 0 removed (3 conversations compared)"
+        in html
+    )
     assert '<div class="msg assistant old">Refunds within 30 days.</div>' in html
     assert '<div class="msg assistant new">Refunds within 60 days.</div>' in html
 
@@ -202,16 +227,27 @@ def queued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Re
         yield srv, client, result.output.strip()
 
 
-def test_view_batches_page_and_json_show_counts_without_secrets(queued: tuple[RedisServer, redis.Redis, str]) -> None:
+def test_view_batches_page_and_json_show_counts_without_secrets(
+    queued: tuple[RedisServer, redis.Redis, str],
+) -> None:
     srv, _, batch_id = queued
     with serving(ViewConfig(redis=connect(srv.url), redis_label="redis://:***@127.0.0.1")) as s:
         status, _, page = fetch(s.url)
         overview = json.loads(fetch(s.url + "api/batches")[2])
         batch_page = fetch(s.url + f"batch/{batch_id}")[2]
-        conv = fetch(s.url + f"batch/{batch_id}/conversation?id=" + urllib.parse.quote("view-batch/c000#r0"))[2]
+        conv = fetch(s.url + f"batch/{batch_id}/conversation?id=" + urllib.parse.quote("view-batch/c000#r0"))[
+            2
+        ]
     assert status == 200 and f'<a href="/batch/{batch_id}">{batch_id}</a>' in page
     (b,) = overview["batches"]
-    assert (b["id"], b["state"], b["queued"], b["done"], b["total"], b["pass_rate"]) == (batch_id, "queued", 3, 0, 3, None)
+    assert (b["id"], b["state"], b["queued"], b["done"], b["total"], b["pass_rate"]) == (
+        batch_id,
+        "queued",
+        3,
+        0,
+        3,
+        None,
+    )
     assert row_ids(batch_page) == [f"view-batch/c00{i}#r0" for i in range(3)]
     assert "This conversation is queued: no record yet." in conv
     for text in (page, batch_page, json.dumps(overview), conv):
@@ -231,7 +267,10 @@ def test_view_actions_need_the_flag_and_the_form_token(queued: tuple[RedisServer
         assert len(rq_queue(client)) == 3
         status, headers, _ = fetch(s.url + f"batch/{batch_id}/retry", {"token": config.token})
         assert status == 303
-        assert "0 failed or errored conversations enqueued again" in fetch(s.url + headers["Location"].lstrip("/"))[2]
+        assert (
+            "0 failed or errored conversations enqueued again"
+            in fetch(s.url + headers["Location"].lstrip("/"))[2]
+        )
         status, headers, _ = fetch(s.url + f"batch/{batch_id}/cancel", {"token": config.token})
         shown = fetch(s.url + headers["Location"].lstrip("/"))[2]
     assert "batch cancelled: 3 queued conversations dropped" in shown
@@ -243,7 +282,10 @@ def test_cancel_command_drops_queued_conversations(queued: tuple[RedisServer, re
     srv, client, batch_id = queued
     runner = CliRunner()
     result = runner.invoke(main, ["cancel", batch_id, "--redis-url", srv.url])
-    assert (result.exit_code, result.output) == (0, f"batch {batch_id} cancelled: 3 queued conversations dropped\n")
+    assert (result.exit_code, result.output) == (
+        0,
+        f"batch {batch_id} cancelled: 3 queued conversations dropped\n",
+    )
     assert len(rq_queue(client)) == 0
     status = runner.invoke(main, ["status", batch_id, "--redis-url", srv.url])
     assert "waiting   0 running, 0 queued, 3 dropped" in status.output
@@ -259,4 +301,7 @@ def test_view_command_rejects_a_broken_transcript(tmp_path: Path, monkeypatch: p
     bad.write_text("{not json\n")
     result = CliRunner().invoke(main, ["view", str(bad), "--port", "0"])
     assert result.exit_code == 2
-    assert result.output == f"error: {bad}:1: not valid JSON: Expecting property name enclosed in double quotes (column 2)\n"
+    assert (
+        result.output
+        == f"error: {bad}:1: not valid JSON: Expecting property name enclosed in double quotes (column 2)\n"
+    )

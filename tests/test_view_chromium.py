@@ -48,8 +48,14 @@ class Browser:
             os.dup2(from_chrome_w, 4)
 
         cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=fds, close_fds=False, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=fds,
+            close_fds=False,
+            start_new_session=True,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer = b""
@@ -57,9 +63,13 @@ class Browser:
         self.session: str | None = None
         targets = self.call("Target.getTargets")["targetInfos"]
         page = next(t for t in targets if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)[
+            "sessionId"
+        ]
         self.call("Page.enable")
-        self.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False
+        )
 
     def call(self, method: str, **params: Any) -> Any:
         self._id += 1
@@ -100,7 +110,9 @@ class Browser:
 
     def screenshot(self, name: str) -> Path:
         height = self.js("Math.min(document.documentElement.scrollHeight, 2400)")
-        self.call("Emulation.setDeviceMetricsOverride", width=1280, height=height, deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride", width=1280, height=height, deviceScaleFactor=1, mobile=False
+        )
         data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / name
@@ -135,7 +147,10 @@ def test_view_chromium_hostile_reply_renders_as_text(browser: Browser, transcrip
     with serving(ViewConfig(files=[str(transcript)])) as s:
         browser.open(f"{s.url}file/0/conversation?id={quote(f'{JOB}/hostile#r0')}")
         reply = browser.js("document.querySelector('.msg.assistant').textContent")
-        assert reply == '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'"> done'
+        assert (
+            reply
+            == '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'"> done'
+        )
         assert browser.js("document.querySelectorAll('main img, main script').length") == 0
         assert browser.js("document.title") == f"{JOB}/hostile#r0 · assistant-runner"  # nothing ran
         browser.screenshot("view-conversation-hostile.png")
@@ -145,8 +160,12 @@ def test_view_chromium_conversation_shows_checks_and_tool_calls(browser: Browser
     with serving(ViewConfig(files=[str(transcript)])) as s:
         browser.open(f"{s.url}file/0/conversation?id={quote(f'{JOB}/order#r0')}")
         assert browser.js("document.querySelector('.tool-name').textContent") == "lookup_order"
-        assert browser.js("JSON.parse(document.querySelector('.tool-args').textContent)") == {"order_id": "A1"}
-        checks = browser.js("[...document.querySelectorAll('.checks li')].map(li => li.className + ' ' + li.textContent)")
+        assert browser.js("JSON.parse(document.querySelector('.tool-args').textContent)") == {
+            "order_id": "A1"
+        }
+        checks = browser.js(
+            "[...document.querySelectorAll('.checks li')].map(li => li.className + ' ' + li.textContent)"
+        )
         assert checks == ['ok ✓ tool_called "lookup_order"', 'ok ✓ contains "shipped"']
         browser.screenshot("view-conversation.png")
 
@@ -155,8 +174,10 @@ def test_view_chromium_filters_apply_on_change(browser: Browser, transcript: Pat
     with serving(ViewConfig(files=[str(transcript)])) as s:
         browser.open(f"{s.url}file/0")
         assert len(visible_ids(browser)) == 3
-        browser.js("const s = document.querySelector('select[name=status]'); s.value = 'failed';"
-                   "s.dispatchEvent(new Event('change'))")  # fmt: skip
+        browser.js(
+            "const s = document.querySelector('select[name=status]'); s.value = 'failed';"
+            "s.dispatchEvent(new Event('change'))"
+        )
         browser.wait(lambda: "status=failed" in browser.js("location.search"), "the filter to submit")
         browser.wait(lambda: browser.js("document.readyState") == "complete", "the filtered page")
         assert visible_ids(browser) == [f"{JOB}/hostile#r0", f"{JOB}/refund#r0"]
@@ -175,9 +196,11 @@ def test_view_chromium_first_page_of_ten_thousand(browser: Browser, transcript: 
 
 
 def test_view_chromium_batch_list_updates_while_a_batch_runs(
-    browser: Browser, tmp_path: Path, sim_factory: Callable[..., RunningSimulator],
+    browser: Browser,
+    tmp_path: Path,
+    sim_factory: Callable[..., RunningSimulator],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     sim = sim_factory(latency_s=0.6)
@@ -189,7 +212,11 @@ def test_view_chromium_batch_list_updates_while_a_batch_runs(
         with serving(ViewConfig(redis=connect(srv.url))) as s:
             browser.open(s.url)
             browser.js("window.notReloaded = true")
-            done = lambda: browser.js(f"document.querySelector('tr[data-id=\"{batch_id}\"] .done').textContent")  # noqa: E731
+            cell = f"document.querySelector('tr[data-id=\"{batch_id}\"] .done').textContent"
+
+            def done() -> str:
+                return str(browser.js(cell))
+
             assert done() == "0/6"
             seen = {done()}
             with worker_pool(srv.url, 1, tmp_path / "workers.log", base_url=sim.base_url):

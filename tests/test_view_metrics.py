@@ -58,15 +58,20 @@ def _free_port() -> int:
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_sum_what_forked_workers_record() -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, "-c", POOL, str(port)], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", POOL, str(port)], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         m = scrape(port)
@@ -88,7 +93,9 @@ def test_metrics_sum_what_forked_workers_record() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the worker calls runner.queue.metrics once it is rewritten (issue 11)")
+@pytest.mark.xfail(
+    strict=True, reason="the worker calls runner.queue.metrics once it is rewritten (issue 11)"
+)
 def test_metrics_of_a_worker_pool_equal_its_records(
     tmp_path: Path, sim_factory: Callable[..., RunningSimulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,13 +104,26 @@ def test_metrics_of_a_worker_pool_equal_its_records(
     sim = sim_factory()
     port = _free_port()
     with started_redis(tmp_path / "redis") as (srv, client):
-        job = write_job(tmp_path / "job.yaml", "metrics", conversations=4, expect=[{"contains": "hello 1"}],
-                        messages=["hello 0", "hello 1"])  # fmt: skip
+        job = write_job(
+            tmp_path / "job.yaml",
+            "metrics",
+            conversations=4,
+            expect=[{"contains": "hello 1"}],
+            messages=["hello 0", "hello 1"],
+        )
         batch_id = CliRunner().invoke(main, ["enqueue", str(job), "--redis-url", srv.url]).output.strip()
-        env = {**os.environ, "OPENAI_BASE_URL": sim.base_url, "REDIS_URL": srv.url,
-               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
-        pool = subprocess.Popen([sys.executable, "-m", "runner", "worker", "-n", "2", "--metrics-port", str(port)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": sim.base_url,
+            "REDIS_URL": srv.url,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        }
+        pool = subprocess.Popen(
+            [sys.executable, "-m", "runner", "worker", "-n", "2", "--metrics-port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_finished(client, batch_id, 60)
             records = Batch(client, batch_id).records().values()

@@ -251,7 +251,7 @@ def retry(batch: str, redis_url: str | None) -> None:
 def cancel(batch: str, redis_url: str | None) -> None:
     """Cancel BATCH: its queued conversations are dropped, running ones finish and are recorded.
 
-    `runner retry BATCH` (failed and errored ones) or running the same job again resumes it.
+    Running the same job file again (same output) resumes it: the dropped conversations run then.
     """
     from runner.queue.enqueue import cancel_batch
 

@@ -50,8 +50,13 @@ def view(files: tuple[str, ...], host: str, port: int, redis_url: str | None, al
     from runner.view.server import allowed_hosts, exposed, serve
 
     with _redis(redis_url, files) as (client, label):
-        config = ViewConfig(redis=client, redis_label=label, files=files, allow_actions=allow_actions,
-                            allowed_hosts=allowed_hosts(host))  # fmt: skip
+        config = ViewConfig(
+            redis=client,
+            redis_label=label,
+            files=files,
+            allow_actions=allow_actions,
+            allowed_hosts=allowed_hosts(host),
+        )
         app = create_app(config)  # reads the files: a broken one is bad input (exit 2), nothing served
         if exposed(host):
             click.echo(
@@ -60,5 +65,7 @@ def view(files: tuple[str, ...], host: str, port: int, redis_url: str | None, al
                 + ". Prefer 127.0.0.1 and an SSH port forward.",
                 err=True,
             )
-        click.echo(f"runner view on http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ (Ctrl-C stops)")
+        click.echo(
+            f"runner view on http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ (Ctrl-C stops)"
+        )
         serve(app, host, port)

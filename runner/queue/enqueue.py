@@ -195,8 +195,8 @@ def cancel_batch(batch_id: str, redis: redis_lib.Redis) -> int:
     batch = Batch(redis, batch_id)
     batch.require()
     batch.abort(CANCELLED_MESSAGE)
-    states = {k.decode(): v.decode() for k, v in redis.hgetall(batch.keys["state"]).items()}
-    waiting = sorted(conv for conv, state in states.items() if state == "queued")
+    states: dict[bytes, bytes] = redis.hgetall(batch.keys["state"])  # type: ignore[assignment]
+    waiting = sorted(k.decode() for k, v in states.items() if v == b"queued")
     dropped = 0
     for chunk in chunks(waiting):
         ids = [job_id_for(batch_id, conv) for conv in chunk]

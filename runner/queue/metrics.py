@@ -60,7 +60,9 @@ def start_metrics_server(port: int, host: str = "127.0.0.1") -> str:
         start_http_server(port, addr=host, registry=registry)
     except OSError as e:
         shutil.rmtree(directory, ignore_errors=True)
-        raise UsageError(f"--metrics-port {port}: cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise UsageError(
+            f"--metrics-port {port}: cannot listen on {host}:{port}: {e.strerror or e}"
+        ) from None
     return directory
 
 
@@ -77,9 +79,7 @@ def _get() -> dict[str, Any]:
         from prometheus_client import Counter, Gauge, Histogram
 
         _metrics.update(
-            conversations=Counter(
-                "runner_conversations", "Conversations finished.", ["status", "outcome"]
-            ),
+            conversations=Counter("runner_conversations", "Conversations finished.", ["status", "outcome"]),
             turns=Counter("runner_turns", "Turns finished, by run status.", ["status"]),
             requests=Counter("runner_requests", "API requests sent."),
             rate_limited=Counter("runner_rate_limited", "429 (rate limited) answers met."),
@@ -105,8 +105,9 @@ def conversation_finished(status: str, outcome: str) -> None:
         _get()["conversations"].labels(status=status, outcome=outcome).inc()
 
 
-def turn_finished(status: str | None, latency_s: float | None, prompt_tokens: int | None,
-                  completion_tokens: int | None) -> None:  # fmt: skip
+def turn_finished(
+    status: str | None, latency_s: float | None, prompt_tokens: int | None, completion_tokens: int | None
+) -> None:
     """A turn ended: its run status, latency and usage (None: unknown, not counted as 0)."""
     if not enabled():
         return

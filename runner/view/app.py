@@ -35,9 +35,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runner.errors import RunnerError, UnknownBatchError
-from runner.queue.batch import Batch
 from runner.queue.enqueue import cancel_batch, retry_batch
-from runner.records import Record
 from runner.reports.diff import diff_records
 from runner.reports.summary import describe_check, format_ms, summarize
 from runner.view import charts
@@ -144,15 +142,25 @@ def create_app(config: ViewConfig) -> Starlette:
             number = int(p.get("page", "1"))
         except ValueError:
             number = 1
-        query = {"status": status, "check": p.get("check", ""), "q": p.get("q", ""), "sort": sort,
-                 "desc": p.get("desc") == "1"}  # fmt: skip
-        return {"query": query, "result": index.query(**query, page=number),
-                "check_types": index.failed_check_types()}  # fmt: skip
+        query: dict[str, Any] = {
+            "status": status,
+            "check": p.get("check", ""),
+            "q": p.get("q", ""),
+            "sort": sort,
+            "desc": p.get("desc") == "1",
+        }
+        return {
+            "query": query,
+            "result": index.query(**query, page=number),
+            "check_types": index.failed_check_types(),
+        }
 
-    def _charts(records: list[Record]) -> dict[str, Markup]:
+    def _charts(index: ConversationIndex) -> dict[str, Markup]:
         # The SVG builders escape every text they put in (see runner.view.charts).
-        return {"latency_svg": Markup(charts.latency_svg(records)),
-                "passrate_svg": Markup(charts.pass_rate_svg(records))}  # fmt: skip
+        return {
+            "latency_svg": Markup(index.derived("latency", charts.latency_svg)),
+            "passrate_svg": Markup(index.derived("passrate", charts.pass_rate_svg)),
+        }
 
     def batch_page(request: Request) -> Response:
         source = batch_source(request.path_params["batch_id"])
@@ -160,13 +168,16 @@ def create_app(config: ViewConfig) -> Starlette:
         index = source.refresh()
         if request.query_params.get("part") == "rows":
             return page("rows.html", request, base=request.url.path, **_list(request, index))
-        with index.lock:
-            records = list(index.records.values())
         return page(
-            "batch.html", request, base=request.url.path, figures=batch_figures(info),
-            limits=job_limits(source.batch.redis, info), message=request.query_params.get("message", ""),
-            **_list(request, index), **_charts(records),
-        )  # fmt: skip
+            "batch.html",
+            request,
+            base=request.url.path,
+            figures=batch_figures(info),
+            limits=job_limits(source.batch.redis, info),
+            message=request.query_params.get("message", ""),
+            **_list(request, index),
+            **_charts(index),
+        )
 
     def api_batch(request: Request) -> Response:
         source = batch_source(request.path_params["batch_id"])
@@ -177,14 +188,25 @@ def create_app(config: ViewConfig) -> Starlette:
         index = source.refresh()
         if request.query_params.get("part") == "rows":
             return page("rows.html", request, base=request.url.path, **_list(request, index))
-        with index.lock:
-            records = list(index.records.values())
-        s = summarize(records)
+        s = index.derived("summary", summarize)
         counts = {"passed": s.passed, "failed": s.failed, "errors": s.errors}
-        figures = {"total": s.conversations, "done": s.conversations, **counts, "nochecks": s.no_checks,
-                   "tokens": s.tokens, "pass_rate": pass_rate(counts)}  # fmt: skip
-        return page("file.html", request, base=request.url.path, source=source, figures=figures,
-                    **_list(request, index), **_charts(records))  # fmt: skip
+        figures = {
+            "total": s.conversations,
+            "done": s.conversations,
+            **counts,
+            "nochecks": s.no_checks,
+            "tokens": s.tokens,
+            "pass_rate": pass_rate(counts),
+        }
+        return page(
+            "file.html",
+            request,
+            base=request.url.path,
+            source=source,
+            figures=figures,
+            **_list(request, index),
+            **_charts(index),
+        )
 
     def _conversation(request: Request, index: ConversationIndex, back: str) -> Response:
         cid = request.query_params.get("id", "")
@@ -211,8 +233,15 @@ def create_app(config: ViewConfig) -> Starlette:
         with old.refresh().lock, new.refresh().lock:
             old_records, new_records = old.index.records, new.index.records
             result = diff_records(list(old_records.values()), list(new_records.values()))
-        return page("diff.html", request, old=old, new=new, result=result,
-                    old_records=old_records, new_records=new_records)  # fmt: skip
+        return page(
+            "diff.html",
+            request,
+            old=old,
+            new=new,
+            result=result,
+            old_records=old_records,
+            new_records=new_records,
+        )
 
     async def action(request: Request) -> Response:
         if not config.allow_actions:
@@ -258,6 +287,8 @@ def create_app(config: ViewConfig) -> Starlette:
         Route("/diff", diff_page),
         Mount("/static", static, name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders),
-                  Middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))]  # fmt: skip
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts)),
+    ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: error})

@@ -62,7 +62,7 @@ def job_limits(redis: redis_lib.Redis, info: BatchInfo) -> dict[str, Any] | None
     raw = redis.hrandfield(f"{PREFIX}{info.id}:tasks", 1, withvalues=True)
     if not raw:
         return None
-    limits: dict[str, Any] = json.loads(raw[1]).get("limits") or {}
+    limits: dict[str, Any] = json.loads(raw[1]).get("limits") or {}  # type: ignore[arg-type]
     return limits
 
 

@@ -48,7 +48,6 @@ class ViewServer:
 
     def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
         self.server = uvicorn.Server(_config(app, host, port))
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.host = host
         self.port = port
         self.thread = threading.Thread(target=self.server.run, name="runner-view", daemon=True)

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import redis as redis_lib
 
 from runner.queue.batch import Batch
 from runner.records import Outcome, Record, outcome
 from runner.reports.summary import conversation_ms, load_transcripts
+
+T = TypeVar("T")
 
 PAGE_SIZE = 50
 """Conversations per page of a list."""
@@ -68,7 +71,9 @@ def row_of(record: Record, state: str = "done") -> Row:
 
 
 def _pending_row(conversation_id: str, state: str) -> Row:
-    return Row(conversation_id, state, None, None, "", 0, "-", frozenset(), None, None, conversation_id.lower())
+    return Row(
+        conversation_id, state, None, None, "", 0, "-", frozenset(), None, None, conversation_id.lower()
+    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class ConversationIndex:
         self.rows: dict[str, Row] = {}
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
+        self.version = 0  # bumped when records change: what is derived from them can be cached
+        self.cache: dict[str, tuple[int, object]] = {}
 
     def add(self, records: Iterable[Record], states: dict[str, str] | None = None) -> None:
         with self.lock:
@@ -94,6 +101,19 @@ class ConversationIndex:
                 cid = r["conversation_id"]
                 self.records[cid] = r
                 self.rows[cid] = row_of(r, (states or {}).get(cid, "done"))
+                self.version += 1
+
+    def derived(self, name: str, build: Callable[[list[Record]], T]) -> T:
+        """`build(records)`, computed again only when the records changed (charts of 10,000)."""
+        with self.lock:
+            hit = self.cache.get(name)
+            if hit is not None and hit[0] == self.version:
+                return hit[1]  # type: ignore[return-value]
+            version, records = self.version, list(self.records.values())
+        value = build(records)
+        with self.lock:
+            self.cache[name] = (version, value)
+        return value
 
     def set_states(self, states: dict[str, str]) -> None:
         with self.lock:
@@ -135,13 +155,19 @@ class ConversationIndex:
             rows = [r for r in rows if needle in r.text]
         if sort in ("latency", "tokens"):
             value = (lambda r: r.latency_ms) if sort == "latency" else (lambda r: r.tokens)
-            known = sorted((r for r in rows if value(r) is not None), key=lambda r: (value(r), r.id), reverse=desc)
+            known = sorted(
+                (r for r in rows if value(r) is not None), key=lambda r: (value(r), r.id), reverse=desc
+            )
             rows = known + sorted((r for r in rows if value(r) is None), key=lambda r: r.id)  # unknown last
         else:
             rows.sort(key=lambda r: r.id, reverse=desc)
         pages = max(1, -(-len(rows) // per_page))
         page = min(max(1, page), pages)
         return Page(rows[(page - 1) * per_page : page * per_page], len(rows), total, page, pages)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class BatchSource:
@@ -163,7 +189,7 @@ class BatchSource:
                 self._offset = offset
                 self.index.add(records.values())
             raw = redis.hgetall(self.batch.keys["state"])
-            self.index.set_states({k.decode(): v.decode() for k, v in raw.items()})
+            self.index.set_states({_text(k): _text(v) for k, v in raw.items()})
         return self.index
 
 
