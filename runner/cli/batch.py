@@ -28,15 +28,17 @@ def _need_url(redis_url: str | None, command: str) -> str:
 
 @contextlib.contextmanager
 def _open(redis_url: str | None) -> Iterator[redis_lib.Redis]:
-    """The given Redis, or (none given) the embedded one of `runner run`, started for this command."""
-    from runner.queue.redis_server import connect, embedded_redis
+    """The given Redis, or (none given) the embedded one of a `runner run` serving it right now, or
+    that embedded Redis's data, started for this command."""
+    from runner.queue.redis_server import connect, embedded_redis, live_embedded_url
 
+    settings = Settings.from_env()
+    redis_url = redis_url or live_embedded_url(settings.home)
     if redis_url:
         client = connect(redis_url)
         yield client
         client.close()
         return
-    settings = Settings.from_env()
     if not (settings.home / "redis").is_dir():
         raise UsageError(
             "no Redis: pass --redis-url or set REDIS_URL (no embedded Redis under RUNNER_HOME yet)"
@@ -75,7 +77,18 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None) -> None:
 @redis_option
 @click.option("-n", "--processes", type=click.IntRange(1, 512), default=1, show_default=True, help="Workers.")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
-def worker(redis_url: str | None, processes: int, burst: bool) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics of the pool on this port (http://HOST:PORT/metrics).",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds to."
+)
+def worker(
+    redis_url: str | None, processes: int, burst: bool, metrics_port: int | None, metrics_host: str
+) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
     SIGTERM or Ctrl-C: each worker finishes its conversation, then stops; a second one stops at once.
@@ -86,7 +99,6 @@ def worker(redis_url: str | None, processes: int, burst: bool) -> None:
       OPENAI_API_KEY=sk-... RUNNER_QUEUE_SECRET=... runner worker -n 8 --redis-url rediss://:pw@redis.internal:6380/0
     """
     from runner.queue.security import MIN_SECRET_LEN, is_local_redis
-    from runner.queue.worker import WorkerPool
 
     url = _need_url(redis_url, "worker")
     settings = Settings.from_env()
@@ -103,6 +115,15 @@ def worker(redis_url: str | None, processes: int, burst: bool) -> None:
             " stored in Redis let anyone reading it guess a short secret; use a long random one",
             err=True,
         )
+    if metrics_port is not None:
+        from runner.queue.metrics import start_metrics_server
+
+        # Before the pool forks (and before anything imports prometheus_client): every worker
+        # process then writes its figures where this server sums them.
+        start_metrics_server(metrics_port, metrics_host)
+        click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
+    from runner.queue.worker import WorkerPool
+
     WorkerPool(url, processes, settings=settings, burst=burst).run()
 
 
@@ -243,3 +264,18 @@ def retry(batch: str, redis_url: str | None) -> None:
     with _open(redis_url) as client:
         n = retry_batch(batch, client, secret=Settings.from_env().queue_secret)
     click.echo(f"{n} conversation{'s' if n != 1 else ''} of batch {batch} enqueued again")
+
+
+@main.command()
+@click.argument("batch")
+@redis_option
+def cancel(batch: str, redis_url: str | None) -> None:
+    """Cancel BATCH: its queued conversations are dropped, running ones finish and are recorded.
+
+    Running the same job file again (same output) resumes it: the dropped conversations run then.
+    """
+    from runner.queue.enqueue import cancel_batch
+
+    with _open(redis_url) as client:
+        n = cancel_batch(batch, client)
+    click.echo(f"batch {batch} cancelled: {n} queued conversation{'s' if n != 1 else ''} dropped")

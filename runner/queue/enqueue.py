@@ -38,6 +38,7 @@ from runner.settings import Settings
 from runner.tasks import ConversationTask
 
 _PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+_WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
 
 def _resume_key(job: Job, output: str | None) -> str:
@@ -189,6 +190,32 @@ def retry_batch(batch_id: str, redis: redis_lib.Redis, *, secret: str | None) ->
     if todo:
         batch.touch()
     return len(todo)
+
+
+CANCELLED_MESSAGE = "cancelled by the user (`runner cancel`)"
+
+
+def cancel_batch(batch_id: str, redis: redis_lib.Redis) -> int:
+    """Stop a batch: mark it aborted (workers drop any of its jobs they take), take its queued jobs
+    off the queue and count their conversations as dropped. Conversations already running finish
+    and are recorded. `runner retry` or a resume clears the mark. Returns how many were dropped."""
+    batch = Batch(redis, batch_id)
+    batch.require()
+    batch.abort(CANCELLED_MESSAGE)
+    states: dict[bytes, bytes] = redis.hgetall(batch.keys["state"])  # type: ignore[assignment]
+    waiting = sorted(k.decode() for k, v in states.items() if v == b"queued")
+    dropped = 0
+    for chunk in chunks(waiting):
+        ids = [job_id_for(batch_id, conv) for conv in chunk]
+        found = RQJob.fetch_many(ids, connection=redis, serializer=JSONSerializer)
+        for conv, job in zip(chunk, found, strict=True):
+            if job is not None and job.get_status(refresh=False) not in _WAITING:
+                continue  # a worker took it meanwhile: it drops it itself (the batch is aborted)
+            if job is not None:
+                job.delete()  # off the queue too
+            if batch.transition(conv, "dropped"):
+                dropped += 1
+    return dropped
 
 
 def batch_status(batch_id: str, redis: redis_lib.Redis) -> dict[str, Any]:

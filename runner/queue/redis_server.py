@@ -51,6 +51,10 @@ OUTAGE_S = 60.0
 UNIX_PATH_MAX = 100
 """AF_UNIX paths are limited to ~107 bytes; longer RUNNER_HOMEs fall back to a loopback port."""
 
+URL_FILE = "url"
+"""Under `<RUNNER_HOME>/redis/`: the URL of the embedded Redis while a `runner run` serves it (mode
+0600: it may carry a password), so `runner status` / `runner view` in another terminal find it."""
+
 T = TypeVar("T")
 
 
@@ -339,12 +343,47 @@ def embedded_redis(home: Path, executable: str | None = None) -> Iterator[RedisS
     server = RedisServer(data, appendonly=lock is not None, executable=executable)
     if not server.unix_socket:
         server.password = new_password()  # on a loopback port other local users could reach it
+    url_file = data / URL_FILE
     try:
         server.start()
+        if lock is not None:
+            _write_private(url_file, server.url)
         yield server
     finally:
+        if lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                url_file.unlink()
         server.stop()
         if lock is None:
             shutil.rmtree(data, ignore_errors=True)
         else:
             lock.close()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read (created 0600, never world-readable)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def live_embedded_url(home: Path) -> str | None:
+    """The URL of the embedded Redis a `runner run` is serving under `home` right now, if it answers.
+
+    A URL file left behind by a killed run points at a dead server: it is ignored (not removed:
+    the next run that takes the lock writes its own)."""
+    try:
+        url = (home / "redis" / URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    if not url:
+        return None
+    probe = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    try:
+        return url if probe.ping() else None
+    except (redis.RedisError, ValueError):
+        return None
+    finally:
+        probe.close()
