@@ -14,6 +14,8 @@ which `ps` shows.
     RUNNER_CHAT_STREAM truthy: stream chat completions
     RUNNER_PRICES      a price file for cost estimates
     RUNNER_REDIS_SERVER  the redis-server binary of the embedded Redis
+    RUNNER_CHECK_PACKAGES  packages (comma-separated) whose `module:function` python checks this
+                       process may import from outside the job file's folder
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Settings:
     chat_stream: bool = False
     prices: str | None = None
     redis_server: str | None = None
+    check_packages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _remember(self.api_key)
@@ -93,6 +96,9 @@ class Settings:
             chat_stream=(_opt(env, "RUNNER_CHAT_STREAM") or "").lower() in _TRUE,
             prices=_opt(env, "RUNNER_PRICES"),
             redis_server=_opt(env, "RUNNER_REDIS_SERVER"),
+            check_packages=tuple(
+                p.strip() for p in (_opt(env, "RUNNER_CHECK_PACKAGES") or "").split(",") if p.strip()
+            ),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -116,6 +122,7 @@ class Settings:
             "RUNNER_CHAT_STREAM": "1" if self.chat_stream else None,
             "RUNNER_PRICES": self.prices,
             "RUNNER_REDIS_SERVER": self.redis_server,
+            "RUNNER_CHECK_PACKAGES": ",".join(self.check_packages) or None,
             **extra,
         }
         for name, value in values.items():

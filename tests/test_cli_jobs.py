@@ -59,7 +59,7 @@ def test_cli_jobs_validate_reports_all_files(tmp_path: Path, monkeypatch: pytest
     assert result.stdout == "good.yaml: ok: 1 conversation, 1 turn, 1 check\n"
     assert result.stderr.splitlines() == [
         "bad.yaml:3: repeat: must be greater than or equal to 1, got 0",
-        "bad.yaml:7: unknown key 'bogus'; valid keys: api, assistants, conversations, description, limits, matrix, "
+        "bad.yaml:7: unknown key 'bogus'; valid keys: api, assistants, conversations, description, grader, limits, matrix, "
         "model, name, output, repeat, schedule, simulator, version",
         "missing.yaml: job file not found",
         "empty.yaml: the file is empty",
@@ -111,7 +111,7 @@ def test_cli_jobs_schema(in_root: None) -> None:
     assert schema["title"] == "assistant-runner job file"
     assert set(schema["required"]) == {"name", "assistants", "conversations"}
     models = [schema, *(d for d in schema["$defs"].values() if d.get("type") == "object")]
-    assert len(models) == 10  # the job and its 9 models (Api is an enum)
+    assert len(models) == 15  # the job and its 14 models (Api is an enum)
     for obj in models:
         assert obj["additionalProperties"] is False, obj.get("title")
     for obj in _objects(schema):
