@@ -131,15 +131,15 @@ def add_grader_usage(a: GraderUsage | None, b: GraderUsage | None) -> GraderUsag
     """The sum of two grader usages; None (nothing graded) is the neutral element."""
     if a is None or b is None:
         return a or b
-    by_model = {m: dict(u) for m, u in a["by_model"].items()}
+    by_model: dict[str, Usage] = dict(a["by_model"])
     for m, u in b["by_model"].items():
-        by_model[m] = add_usage(by_model[m], u) if m in by_model else dict(u)  # type: ignore[arg-type]
+        by_model[m] = add_usage(by_model[m], u) if m in by_model else u
     return {
         "prompt_tokens": a["prompt_tokens"] + b["prompt_tokens"],
         "completion_tokens": a["completion_tokens"] + b["completion_tokens"],
         "total_tokens": a["total_tokens"] + b["total_tokens"],
         "requests": a["requests"] + b["requests"],
-        "by_model": by_model,  # type: ignore[typeddict-item]
+        "by_model": by_model,
     }
 
 

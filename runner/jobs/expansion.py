@@ -86,7 +86,8 @@ class Expansion:
             needed = {n for p in plans for n in p.user[1::2]}
             needed.update(n for p in plans for c in p.checks if c.templated for n in names_in(c.spec.value))
             needed.update(n for c in final if c.templated for n in names_in(c.spec.value))
-            graded = any(c.spec.type in _MODEL_GRADED for c in [*final, *(c for p in plans for c in p.checks)])
+            checks = [*final, *(c for p in plans for c in p.checks)]
+            graded = any(c.spec.type in _MODEL_GRADED for c in checks)
             from_rows = needed - set(conv.vars) - matrix_vars
             static = None if needed else self._turns(plans, {}, None)
             outputs = {k: v if isinstance(v, str) else json.dumps(v) for k, v in conv.tool_outputs.items()}
@@ -160,9 +161,8 @@ class Expansion:
         return _CheckPlan(spec, spec.type != "python" and any(names_in(spec.value)), at, split)
 
     def _conversation_checks(self, i: int, conv: Conversation) -> list[_CheckPlan]:
-        return [
-            self._plan_check(c, ("conversations", i, "expect", k, c.spec().type)) for k, c in enumerate(conv.expect)
-        ]
+        at = ("conversations", i, "expect")
+        return [self._plan_check(c, (*at, k, c.spec().type)) for k, c in enumerate(conv.expect)]
 
     def _plans(self, i: int, conv: Conversation) -> list[_TurnPlan]:
         """The turns with what needs rendering marked, so each row renders only that."""

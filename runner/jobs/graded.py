@@ -68,9 +68,7 @@ class Judge(_Value):
                 raise ValueError("labels must be distinct, non-empty names")
             unknown = [p for p in self.pass_ if p not in self.labels]
             if unknown:
-                raise ValueError(
-                    f"unknown label {unknown[0]!r} in `pass`; labels: {', '.join(self.labels)}"
-                )
+                raise ValueError(f"unknown label {unknown[0]!r} in `pass`; labels: {', '.join(self.labels)}")
         return self
 
 
@@ -81,7 +79,10 @@ class Python(_Value):
         description="`path/to/file.py:function` (relative to the job file) or `package.module:function`."
     )
     pass_at: float | None = Field(
-        None, ge=0, le=1, description=f"A float result passes at this or above (default {DEFAULT_PYTHON_PASS_AT})."
+        None,
+        ge=0,
+        le=1,
+        description=f"A float result passes at this or above (default {DEFAULT_PYTHON_PASS_AT}).",
     )
 
 
@@ -101,6 +102,7 @@ def short_form_schema(schema: dict[str, Any]) -> None:
     """The JSON Schema of a check that also takes a plain string (`judge: rubric`, `python: ref`)."""
     ref = {k: schema.pop(k) for k in list(schema) if k not in ("description", "title")}
     schema["anyOf"] = [{"type": "string", "minLength": 1}, ref]
+
 
 _MODELS: dict[str, type[_Value]] = {"judge": Judge, "python": Python, "similar": Similar}
 _SHORT = {"judge": "rubric", "python": "function"}  # the string form means this key

@@ -198,7 +198,7 @@ class Grader(_Model):
     @classmethod
     def _prompt(cls, v: str | None) -> str | None:
         if v is not None and "rubric" not in TEMPLATE.findall(v):
-            raise ValueError("a grader prompt must use {{rubric}} (and usually {{reply}} or {{conversation}})")
+            raise ValueError("a grader prompt must use {{rubric}} (and {{reply}} or {{conversation}})")
         return v
 
 

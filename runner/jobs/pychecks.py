@@ -123,14 +123,20 @@ def _load(desc: dict[str, Any], where: str, sha: str, name: str) -> PythonCheck:
         origin = getattr(module, "__file__", None)
         data = Path(origin).read_bytes() if origin else b""
         if _sha256(data) != sha:
-            raise PythonCheckError(f"{shown}: {origin} changed since the job was loaded (content hash differs)")
+            raise PythonCheckError(
+                f"{shown}: {origin} changed since the job was loaded (content hash differs)"
+            )
     else:
         try:
             data = Path(where).read_bytes()
         except OSError as e:
-            raise PythonCheckError(f"{shown}: cannot read {where} on this machine: {e.strerror or e}") from None
+            raise PythonCheckError(
+                f"{shown}: cannot read {where} on this machine: {e.strerror or e}"
+            ) from None
         if _sha256(data) != sha:
-            raise PythonCheckError(f"{shown}: {where} changed since the job was loaded (content hash differs)")
+            raise PythonCheckError(
+                f"{shown}: {where} changed since the job was loaded (content hash differs)"
+            )
         # The bytes just hashed are the bytes run: no second read for the file to change in between.
         module = types.ModuleType(f"runner_check_{sha[:16]}")
         module.__file__ = where
@@ -151,7 +157,7 @@ def _load(desc: dict[str, Any], where: str, sha: str, name: str) -> PythonCheck:
         raise PythonCheckError(f"{shown}: {name} must take two arguments, fn(reply, ctx)") from None
     except ValueError:
         pass  # a builtin without a signature: it will tell when called
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def forget() -> None:
