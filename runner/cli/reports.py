@@ -74,9 +74,10 @@ def report(
 def diff(old: str, new: str, no_replies: bool, score_drop: float) -> None:
     """Compare two runs of the same job, conversation by conversation.
 
-    Lists regressions (pass -> fail, completed -> not completed, a judge score that dropped), improvements, replies that
-    changed, and conversations added or removed. Exits 1 when anything regressed, so CI can gate
-    on a baseline; improvements and changed replies alone exit 0.
+    Lists regressions (pass -> fail, completed -> not completed, a judge score that dropped),
+    improvements, replies that changed, and conversations added or removed. Exits 1 when
+    anything regressed, so CI can gate on a baseline; improvements and changed replies alone
+    exit 0.
 
     \b
     Examples:
