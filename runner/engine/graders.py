@@ -64,9 +64,10 @@ _FORMATS = {
     "label": 'Answer with one JSON object: {"reason": "<one sentence>", "label": <one of: %s>}.',
 }
 STRICTER = (
-    "IMPORTANT: your previous answer could not be used ({why}). Reply with exactly one JSON object and "
-    "nothing else: no prose, no code fences. {format}\n\n"
+    "\n\nIMPORTANT: your previous answer could not be used ({why}). Reply with exactly one JSON object "
+    "and nothing else: no prose, no code fences. {format}"
 )
+"""Appended to the prompt for the one retry after an answer that did not parse."""
 
 _no_embeddings: set[str] = set()  # servers (base URLs) found to serve no embeddings
 _no_embeddings_lock = threading.Lock()
@@ -121,7 +122,7 @@ class Grader:
         system = "You are a strict, impartial grader. You answer only with the JSON object asked for."
         why = ""
         for attempt in range(2):
-            user = prompt if attempt == 0 else STRICTER.format(why=why, format=instruction) + prompt
+            user = prompt if attempt == 0 else prompt + STRICTER.format(why=why, format=instruction)
             text, usage = complete_json(
                 self.client_(), self.caller, api=self.spec.api, model=self.spec.model, system=system,
                 user=user, schema_name=f"grade_{form}", schema=schema, temperature=self.spec.temperature,
