@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from runner.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ["jobs/bulk-eval.yaml", "jobs/quickstart.yaml", "jobs/regression-suite.yaml"]
+SAMPLES = ["jobs/bulk-eval.yaml", "jobs/graded.yaml", "jobs/quickstart.yaml", "jobs/regression-suite.yaml"]
 VALID = "name: ok\nmodel: m\nassistants: {a: {}}\nconversations:\n  - {id: c, turns: [{user: hi, expect: [{contains: x}]}]}\n"
 
 
@@ -30,6 +30,7 @@ def test_cli_jobs_validate_samples(in_root: None) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "jobs/bulk-eval.yaml: ok: 80 conversations, 80 turns, 240 checks",
+        "jobs/graded.yaml: ok: 1 conversation, 2 turns, 11 checks",
         "jobs/quickstart.yaml: ok: 3 conversations, 6 turns, 8 checks",
         "jobs/regression-suite.yaml: ok: 4 conversations, 5 turns, 17 checks",
     ]
