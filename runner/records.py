@@ -57,6 +57,22 @@ class CheckResult(TypedDict):
     value: Any
     passed: bool
     detail: str | None
+    # judge / python / similar checks: what the grader said (verdict "error": it could not grade)
+    verdict: NotRequired[str | None]  # "pass" | "fail" | "error"
+    score: NotRequired[float | None]  # judge score, python float, similar cosine
+    label: NotRequired[str | None]  # judge with labels
+    reason: NotRequired[str | None]  # the grader's (or the python check's) reason
+    method: NotRequired[str | None]  # similar: "embeddings:<model>" or "lexical:token-cosine"
+
+
+class GraderUsage(TypedDict):
+    """What grading (judge and similar checks) cost, apart from the conversation's own usage."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    requests: int
+    by_model: dict[str, Usage]  # for pricing: judge and embeddings models differ
 
 
 class TurnRecord(TypedDict):
@@ -70,6 +86,7 @@ class TurnRecord(TypedDict):
     latency_ms: int | None
     checks: list[CheckResult]
     error: NotRequired[str | None]
+    grader_usage: NotRequired[GraderUsage | None]  # null: nothing was graded by a model
 
 
 class AssistantRef(TypedDict):
@@ -98,6 +115,8 @@ class Record(TypedDict):
     requests: NotRequired[int]  # API requests this conversation cost (ours: for requests-per-turn figures)
     matrix: NotRequired[dict[str, Any]]
     repeat_index: NotRequired[int]
+    checks: NotRequired[list[CheckResult]]  # conversation-level `expect:`, run after the last turn
+    grader_usage: NotRequired[GraderUsage | None]  # every turn's and the conversation checks' grading
 
 
 def empty_usage() -> Usage:
@@ -108,6 +127,22 @@ def add_usage(a: Usage, b: Usage) -> Usage:
     return {k: a[k] + b[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}  # type: ignore[return-value]
 
 
+def add_grader_usage(a: GraderUsage | None, b: GraderUsage | None) -> GraderUsage | None:
+    """The sum of two grader usages; None (nothing graded) is the neutral element."""
+    if a is None or b is None:
+        return a or b
+    by_model: dict[str, Usage] = dict(a["by_model"])
+    for m, u in b["by_model"].items():
+        by_model[m] = add_usage(by_model[m], u) if m in by_model else u
+    return {
+        "prompt_tokens": a["prompt_tokens"] + b["prompt_tokens"],
+        "completion_tokens": a["completion_tokens"] + b["completion_tokens"],
+        "total_tokens": a["total_tokens"] + b["total_tokens"],
+        "requests": a["requests"] + b["requests"],
+        "by_model": by_model,
+    }
+
+
 def outcome(record: Record) -> Outcome:
     if record["status"] != Status.COMPLETED:
         return Outcome.ERROR
@@ -116,14 +151,16 @@ def outcome(record: Record) -> Outcome:
     return Outcome.PASSED if record["passed"] else Outcome.FAILED
 
 
-def passed_of(task: ConversationTask, status: str, turns: list[TurnRecord]) -> bool | None:
-    """The record's `passed`: False when it did not complete or a check failed, None when nothing
-    was checked, True otherwise."""
+def passed_of(
+    task: ConversationTask, status: str, turns: list[TurnRecord], checks: list[CheckResult] | None = None
+) -> bool | None:
+    """The record's `passed`: False when it did not complete or a check failed (a turn's or a
+    conversation-level one), None when nothing was checked, True otherwise."""
     if status != Status.COMPLETED:
         return False
-    if any(not c["passed"] for t in turns for c in t["checks"]):
+    if any(not c["passed"] for t in turns for c in t["checks"]) or any(not c["passed"] for c in checks or ()):
         return False
-    if not any(turn.expect for turn in task.turns):
+    if not any(turn.expect for turn in task.turns) and not task.expect:
         return None
     return True
 
@@ -144,6 +181,8 @@ def new_record(
     thread_id: str | None = None,
     error: str | None = None,
     requests: int | None = None,
+    checks: list[CheckResult] | None = None,
+    grader_usage: GraderUsage | None = None,
 ) -> Record:
     """The record of one conversation: the only place a record is put together."""
     turns = turns or []
@@ -161,7 +200,7 @@ def new_record(
         "thread_id": thread_id,
         "vars": dict(task.vars),
         "status": status,
-        "passed": passed_of(task, status, turns),
+        "passed": passed_of(task, status, turns, checks),
         "turns": turns,
         "usage": usage,
         "attempts": attempt,
@@ -173,6 +212,14 @@ def new_record(
         record["requests"] = requests
     record["matrix"] = dict(task.matrix)
     record["repeat_index"] = task.repeat_index
+    if task.expect or checks:
+        record["checks"] = list(checks or [])
+    graded = [t.get("grader_usage") for t in turns] + [grader_usage]
+    if any(graded):
+        total: GraderUsage | None = None
+        for g in graded:
+            total = add_grader_usage(total, g)
+        record["grader_usage"] = total
     return record
 
 

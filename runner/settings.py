@@ -16,6 +16,8 @@ which `ps` shows.
     RUNNER_REDIS_SERVER  the redis-server binary of the embedded Redis
     RUNNER_QUEUE_SECRET  signs queued jobs; workers holding it refuse unsigned or altered ones
                          (never stored in Redis, records or logs; `scrub` removes it)
+    RUNNER_CHECK_PACKAGES  packages (comma-separated) whose `module:function` python checks this
+                       process may import from outside the job file's folder
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Settings:
     prices: str | None = None
     redis_server: str | None = None
     queue_secret: str | None = field(default=None, repr=False)  # signs jobs (runner.queue.security)
+    check_packages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _remember(self.api_key)
@@ -99,6 +102,9 @@ class Settings:
             prices=_opt(env, "RUNNER_PRICES"),
             redis_server=_opt(env, "RUNNER_REDIS_SERVER"),
             queue_secret=_opt(env, "RUNNER_QUEUE_SECRET"),
+            check_packages=tuple(
+                p.strip() for p in (_opt(env, "RUNNER_CHECK_PACKAGES") or "").split(",") if p.strip()
+            ),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -123,6 +129,7 @@ class Settings:
             "RUNNER_PRICES": self.prices,
             "RUNNER_REDIS_SERVER": self.redis_server,
             "RUNNER_QUEUE_SECRET": self.queue_secret,
+            "RUNNER_CHECK_PACKAGES": ",".join(self.check_packages) or None,
             **extra,
         }
         for name, value in values.items():

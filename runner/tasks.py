@@ -42,6 +42,17 @@ class CheckSpec(_Frozen):
     value: Any = None
 
 
+class GraderSpec(_Frozen):
+    """The job's `grader:` as a conversation needs it: the model and API that run `judge` checks,
+    the embeddings model of `similar` checks, the prompt template (None: the built-in one)."""
+
+    model: str
+    api: Api = Api.CHAT
+    temperature: float | None = None
+    prompt: str | None = None
+    embedding_model: str = "text-embedding-3-small"
+
+
 class TurnSpec(_Frozen):
     user: str
     expect: tuple[CheckSpec, ...] = ()
@@ -71,3 +82,5 @@ class ConversationTask(_Frozen):
     tool_outputs: dict[str, str] = {}
     limits: Limits = Limits()
     repeat_index: int = 0
+    expect: tuple[CheckSpec, ...] = ()  # conversation-level checks, after the last turn
+    grader: GraderSpec | None = None  # set when a check needs a model (judge, similar)

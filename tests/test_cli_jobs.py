@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from runner.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ["jobs/bulk-eval.yaml", "jobs/quickstart.yaml", "jobs/regression-suite.yaml"]
+SAMPLES = ["jobs/bulk-eval.yaml", "jobs/graded.yaml", "jobs/quickstart.yaml", "jobs/regression-suite.yaml"]
 VALID = "name: ok\nmodel: m\nassistants: {a: {}}\nconversations:\n  - {id: c, turns: [{user: hi, expect: [{contains: x}]}]}\n"
 
 
@@ -30,6 +30,7 @@ def test_cli_jobs_validate_samples(in_root: None) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "jobs/bulk-eval.yaml: ok: 80 conversations, 80 turns, 240 checks",
+        "jobs/graded.yaml: ok: 1 conversation, 2 turns, 11 checks",
         "jobs/quickstart.yaml: ok: 3 conversations, 6 turns, 8 checks",
         "jobs/regression-suite.yaml: ok: 4 conversations, 5 turns, 17 checks",
     ]
@@ -59,7 +60,7 @@ def test_cli_jobs_validate_reports_all_files(tmp_path: Path, monkeypatch: pytest
     assert result.stdout == "good.yaml: ok: 1 conversation, 1 turn, 1 check\n"
     assert result.stderr.splitlines() == [
         "bad.yaml:3: repeat: must be greater than or equal to 1, got 0",
-        "bad.yaml:7: unknown key 'bogus'; valid keys: api, assistants, conversations, description, limits, matrix, "
+        "bad.yaml:7: unknown key 'bogus'; valid keys: api, assistants, conversations, description, grader, limits, matrix, "
         "model, name, output, repeat, schedule, simulator, version",
         "missing.yaml: job file not found",
         "empty.yaml: the file is empty",
@@ -111,7 +112,7 @@ def test_cli_jobs_schema(in_root: None) -> None:
     assert schema["title"] == "assistant-runner job file"
     assert set(schema["required"]) == {"name", "assistants", "conversations"}
     models = [schema, *(d for d in schema["$defs"].values() if d.get("type") == "object")]
-    assert len(models) == 11  # the job and its 9 models (Api is an enum)
+    assert len(models) == 16  # the job and its 15 models (Api is an enum)
     for obj in models:
         assert obj["additionalProperties"] is False, obj.get("title")
     for obj in _objects(schema):

@@ -58,7 +58,7 @@ def write_files(folder: Path, files: dict[str, str | bytes]) -> None:
 
 CHECKS_LIST = (
     "contains, not_contains, icontains, not_icontains, equals, starts_with, ends_with, regex, not_regex, is_json, "
-    "json_schema, min_length, max_length, max_latency_ms, max_tokens, tool_called, not_tool_called"
+    "json_schema, min_length, max_length, max_latency_ms, max_tokens, max_total_tokens, tool_called, not_tool_called, judge, python, similar"
 )
 
 CASES = [
@@ -127,7 +127,7 @@ CASES = [
     case(
         "unknown-top-key",
         conv() + "modle: x\n",
-        "job.yaml:9: unknown key 'modle' (did you mean 'model'?); valid keys: api, assistants, conversations, description, limits, matrix, model, name, output, repeat, schedule, simulator, version",
+        "job.yaml:9: unknown key 'modle' (did you mean 'model'?); valid keys: api, assistants, conversations, description, grader, limits, matrix, model, name, output, repeat, schedule, simulator, version",
     ),
     case(
         "unknown-assistant-key",
@@ -138,7 +138,7 @@ CASES = [
         "unknown-conversation-key",
         HEAD + "conversations:\n  - id: c\n    turn: [{user: hi}]\n",
         "job.yaml:6: conversations[0]: missing required key 'turns'",
-        "job.yaml:7: conversations[0]: unknown key 'turn' (did you mean 'turns'?); valid keys: assistant, dataset, id, tool_outputs, turns, vars",
+        "job.yaml:7: conversations[0]: unknown key 'turn' (did you mean 'turns'?); valid keys: assistant, dataset, expect, id, tool_outputs, turns, vars",
     ),
     case(
         "unknown-check-type",
@@ -320,7 +320,7 @@ CASES = [
         "invalid-conversation-dataset-columns",
         HEAD
         + "conversations:\n  - id: c\n    dataset: rows.jsonl\n    extra: 1\n    turns: [{user: 'hi {{name}} {{nme}}'}]\n",
-        "job.yaml:8: conversations[0]: unknown key 'extra'; valid keys: assistant, dataset, id, tool_outputs, turns, vars",
+        "job.yaml:8: conversations[0]: unknown key 'extra'; valid keys: assistant, dataset, expect, id, tool_outputs, turns, vars",
         "job.yaml:9: conversations[0].turns[0].user: {{nme}} is not defined (did you mean 'name'?); defined: name (define it in `vars`, a dataset column or a matrix key)",
         rows_dot_jsonl='{"name": "ada"}\n',
     ),

@@ -14,7 +14,12 @@ SAMPLES = sorted(JOBS.glob("*.yaml"))
 
 
 def test_jobfile_samples_present() -> None:
-    assert [p.name for p in SAMPLES] == ["bulk-eval.yaml", "quickstart.yaml", "regression-suite.yaml"]
+    assert [p.name for p in SAMPLES] == [
+        "bulk-eval.yaml",
+        "graded.yaml",
+        "quickstart.yaml",
+        "regression-suite.yaml",
+    ]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])

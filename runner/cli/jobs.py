@@ -58,7 +58,7 @@ def validate(files: tuple[str, ...]) -> None:
         for warning in job.warnings:
             click.echo(str(warning), err=True)
         turns = sum(len(t.turns) for t in tasks)
-        checks = sum(len(turn.expect) for t in tasks for turn in t.turns)
+        checks = sum(len(turn.expect) for t in tasks for turn in t.turns) + sum(len(t.expect) for t in tasks)
         summary = (
             f"{_plural(len(tasks), 'conversation')}, {_plural(turns, 'turn')}, {_plural(checks, 'check')}"
         )

@@ -64,12 +64,20 @@ def report(
 @click.argument("old", type=click.Path(exists=True, dir_okay=False))
 @click.argument("new", type=click.Path(exists=True, dir_okay=False))
 @click.option("--no-replies", is_flag=True, help="Show outcome changes only, not the replies that changed.")
-def diff(old: str, new: str, no_replies: bool) -> None:
+@click.option(
+    "--score-drop",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="A judge score falling by more than this share of its scale is a regression.",
+)
+def diff(old: str, new: str, no_replies: bool, score_drop: float) -> None:
     """Compare two runs of the same job, conversation by conversation.
 
-    Lists regressions (pass -> fail, completed -> not completed), improvements, replies that
-    changed, and conversations added or removed. Exits 1 when anything regressed, so CI can gate
-    on a baseline; improvements and changed replies alone exit 0.
+    Lists regressions (pass -> fail, completed -> not completed, a judge score that dropped),
+    improvements, replies that changed, and conversations added or removed. Exits 1 when
+    anything regressed, so CI can gate on a baseline; improvements and changed replies alone
+    exit 0.
 
     \b
     Examples:
@@ -79,6 +87,6 @@ def diff(old: str, new: str, no_replies: bool) -> None:
     from runner.reports.diff import diff_records, render_diff
     from runner.reports.summary import load_transcripts
 
-    result = diff_records(load_transcripts(old), load_transcripts(new))
+    result = diff_records(load_transcripts(old), load_transcripts(new), score_drop)
     click.echo(render_diff(result, replies=not no_replies))
     raise SystemExit(1 if result.regressed else 0)

@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 import openai
 
 from runner.engine.client import backend_for, shared_client
+from runner.engine.graders import Grader, conversation_turn, not_run
 from runner.engine.limits import Limiter
 from runner.engine.retry import Caller, describe_error, redact
 from runner.errors import FatalAPIError, ServerUnavailableError
 from runner.jobs.checks import evaluate_turn
 from runner.jobs.models import Job
-from runner.records import Record, TurnRecord, new_record
+from runner.records import CheckResult, Record, TurnRecord, new_record
 from runner.settings import Settings
 from runner.tasks import Api, AssistantSpec, ConversationTask
 
@@ -103,9 +104,13 @@ def run_conversation(
     turns: list[TurnRecord] = []
     status, error = "completed", None
     thread_id: str | None = None
+    final_checks: list[CheckResult] = []
+    grader: Grader | None = None
     try:
         settings = settings or Settings.from_env()
-        backend = backend_for(task.api, client or shared_client(settings), settings)
+        client = client or shared_client(settings)
+        backend = backend_for(task.api, client, settings)
+        grader = Grader(task, caller, client, settings)  # judge/python/similar: same caller and limiter
         conversation = backend.open(task, caller, conversation_tag(task, batch_id, attempt))
         for index, spec in enumerate(task.turns):
             began = time.monotonic()
@@ -123,17 +128,25 @@ def run_conversation(
                 "checks": [],
                 "error": result.error,
             }
-            turn["checks"] = evaluate_turn(turn, spec.expect)
+            grader.history = list(turns)
+            turn["checks"] = evaluate_turn(turn, spec.expect, grader.grade)
+            if grader.usage is not None:
+                turn["grader_usage"] = grader.take_usage()
             turns.append(turn)
             if result.status != "completed":
                 status, error = result.status, f"turn {index}: {result.error or result.status}"
                 break  # later turns would answer a conversation that went wrong
+        if task.expect and status == "completed":  # the conversation's own checks, on all of it
+            grader.history, grader.scope = list(turns), "conversation"
+            final_checks = evaluate_turn(conversation_turn(turns), task.expect, grader.grade)
     except FatalAPIError:
         raise
     except Exception as e:  # a per-conversation problem must not take the batch down
         log.warning("conversation %s: %s", task.conversation_id, describe_error(e))
         log.debug("conversation %s failed", task.conversation_id, exc_info=True)
         status, error = "error", describe_error(e)
+    if task.expect and not final_checks:
+        final_checks = not_run(task.expect, "the conversation did not complete")
     return new_record(
         task,
         batch_id=batch_id,
@@ -144,4 +157,6 @@ def run_conversation(
         thread_id=thread_id,
         error=error,
         requests=caller.requests,
+        checks=final_checks,
+        grader_usage=grader.take_usage() if grader is not None else None,
     )

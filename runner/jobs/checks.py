@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from runner.jobs.graded import Judge, Python, Similar, as_dict, graded_value_problem, short_form_schema
 from runner.records import CheckResult, TurnRecord
 from runner.tasks import CheckSpec
 
@@ -45,8 +46,17 @@ class CheckType:
     name: str
     annotation: Any
     description: str
-    judge: Callable[[TurnRecord, Any], Verdict]
+    judge: Callable[[TurnRecord, Any], Verdict] | None  # None: graded by the engine (model, python)
     content: bool = True  # judges the reply text, so a turn without a reply fails it
+
+    @property
+    def graded(self) -> bool:
+        """Evaluated by `runner.engine.graders` (it needs the API or the user's code)."""
+        return self.judge is None
+
+
+Grade = Callable[[CheckSpec, TurnRecord], CheckResult]
+"""How the engine evaluates a graded check (judge, python, similar) of one turn."""
 
 
 def _reply(turn: TurnRecord) -> str:
@@ -173,6 +183,12 @@ def _max_length(turn: TurnRecord, value: int) -> Verdict:
     )
 
 
+def _max_total_tokens(turn: TurnRecord, value: int) -> Verdict:
+    used = turn["usage"]["total_tokens"]
+    ok = used <= value
+    return ok, None if ok else f"expected at most {value} tokens in all; used {used}"
+
+
 def _called(turn: TurnRecord) -> list[str]:
     return [call["name"] for call in turn["tool_calls"]]
 
@@ -234,6 +250,13 @@ CHECK_TYPES: Mapping[str, CheckType] = {
             content=False,
         ),
         CheckType(
+            "max_total_tokens",
+            _PositiveInt,
+            "Total tokens (usage) of the turn, or of the whole conversation in its `expect:`, at most this.",
+            _max_total_tokens,
+            content=False,
+        ),
+        CheckType(
             "tool_called",
             _Text,
             "The turn called the function tool of this name.",
@@ -247,18 +270,41 @@ CHECK_TYPES: Mapping[str, CheckType] = {
             _not_tool_called,
             content=False,
         ),
+        CheckType(
+            "judge",
+            Judge,
+            "A model grades the reply against a rubric: `judge: rubric text`, or "
+            "`{rubric, score: {min, max, pass_at}}`, or `{rubric, labels: [...], pass: [...]}`.",
+            None,
+        ),
+        CheckType(
+            "python",
+            Python,
+            "Your function `fn(reply, ctx)` judges the reply: `python: checks/file.py:fn` (relative to the "
+            "job file) or `{function: module:fn, pass_at: 0.7}`. It returns a bool, a float 0..1, or "
+            "a dict/object with `passed` or `score` and `reason`.",
+            None,
+        ),
+        CheckType(
+            "similar",
+            Similar,
+            "The reply is close in meaning to a reference: `{to: text, at_least: 0.8}` (cosine, 0..1).",
+            None,
+        ),
     )
 }
 """Every check type by name, in the order the schema lists them."""
 
 _TEXT_TYPES = frozenset(name for name, t in CHECK_TYPES.items() if t.annotation is _Text)
-_INT_TYPES = {"min_length": 0, "max_length": 0, "max_latency_ms": 1, "max_tokens": 1}
+_INT_TYPES = {"min_length": 0, "max_length": 0, "max_latency_ms": 1, "max_tokens": 1, "max_total_tokens": 1}
 
 
 def check_value_problem(type_: str, value: Any) -> str | None:
     """Why `value` cannot be the value of a `type_` check, or None when it can."""
     if type_ not in CHECK_TYPES:
         return f"unknown check type {type_!r}; valid types: {', '.join(CHECK_TYPES)}"
+    if CHECK_TYPES[type_].graded:
+        return graded_value_problem(type_, value)
     if type_ in _TEXT_TYPES:
         if not isinstance(value, str):
             return f"{type_} needs a string, got {value!r}"
@@ -320,7 +366,10 @@ class _CheckBase(BaseModel):
 
     def spec(self) -> CheckSpec:
         (type_,) = self.model_fields_set
-        return CheckSpec.model_construct(type=type_, value=getattr(self, type_))
+        value = getattr(self, type_)
+        if CHECK_TYPES[type_].graded:  # one plain form, JSON for the queue
+            value = as_dict(type_, value)
+        return CheckSpec.model_construct(type=type_, value=value)
 
 
 def _no_null(schema: dict[str, Any]) -> None:
@@ -328,6 +377,11 @@ def _no_null(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
     options = [o for o in schema.pop("anyOf", []) if o != {"type": "null"}]
     schema.update(options[0] if options else {})
+
+
+def _no_null_or_string(schema: dict[str, Any]) -> None:
+    _no_null(schema)
+    short_form_schema(schema)
 
 
 if TYPE_CHECKING:
@@ -338,14 +392,24 @@ else:
         __base__=_CheckBase,
         __doc__="One check on the assistant's reply to this turn: exactly one `type: value` pair.",
         **{
-            name: (t.annotation | None, Field(None, description=t.description, json_schema_extra=_no_null))
+            name: (
+                t.annotation | None,
+                Field(
+                    None,
+                    description=t.description,
+                    json_schema_extra=_no_null_or_string if name in ("judge", "python") else _no_null,
+                ),
+            )
             for name, t in CHECK_TYPES.items()
         },
     )
 
 
-def evaluate_turn(turn: TurnRecord, expect: Sequence[CheckSpec]) -> list[CheckResult]:
-    """Judge one turn against its checks, in order; never raises for a bad reply."""
+def evaluate_turn(
+    turn: TurnRecord, expect: Sequence[CheckSpec], grade: Grade | None = None
+) -> list[CheckResult]:
+    """Judge one turn against its checks, in order; never raises for a bad reply. `grade`
+    evaluates the graded checks (judge, python, similar); without it they fail, saying so."""
     results: list[CheckResult] = []
     for check in expect:
         kind = CHECK_TYPES.get(check.type)
@@ -356,6 +420,11 @@ def evaluate_turn(turn: TurnRecord, expect: Sequence[CheckSpec]) -> list[CheckRe
                 f"run status {turn['run_status']}" if turn["run_status"] else "no reply"
             )
             passed, detail = False, f"no reply to check ({why})"
+        elif kind.judge is None:
+            if grade is not None:
+                results.append(grade(check, turn))
+                continue
+            passed, detail = False, f"{check.type} checks need the engine's grader"
         else:
             try:
                 passed, detail = kind.judge(turn, check.value)

@@ -18,7 +18,7 @@ from runner.jobs.datasets import Row
 from runner.jobs.models import MATRIX_KEYS, TEMPLATE, Assistant, Conversation, Loc
 from runner.jobs.templating import fill, fmt, names_in, render
 from runner.jobs.yamlload import where
-from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, TurnSpec
+from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, GraderSpec, TurnSpec
 
 if TYPE_CHECKING:
     from runner.jobs.validation import Checker
@@ -39,6 +39,9 @@ class _TurnPlan:
     checks: tuple[_CheckPlan, ...]
     fixed: TurnSpec | None  # the turn itself when nothing in it needs rendering
 
+
+_MODEL_GRADED = frozenset({"judge", "similar"})
+"""Check types that call a model, so their tasks carry the job's `grader:`."""
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -79,8 +82,12 @@ class Expansion:
             if key is None or assistant is None or (conv.dataset is not None and dataset is None):
                 continue
             plans = self._plans(i, conv)
+            final = self._conversation_checks(i, conv)
             needed = {n for p in plans for n in p.user[1::2]}
             needed.update(n for p in plans for c in p.checks if c.templated for n in names_in(c.spec.value))
+            needed.update(n for c in final if c.templated for n in names_in(c.spec.value))
+            checks = [*final, *(c for p in plans for c in p.checks)]
+            graded = any(c.spec.type in _MODEL_GRADED for c in checks)
             from_rows = needed - set(conv.vars) - matrix_vars
             static = None if needed else self._turns(plans, {}, None)
             outputs = {k: v if isinstance(v, str) else json.dumps(v) for k, v in conv.tool_outputs.items()}
@@ -97,6 +104,8 @@ class Expansion:
                     turns = static or rendered.get(tuple(combo_vars.values()))
                     if turns is None:
                         turns = rendered[tuple(combo_vars.values())] = self._turns(plans, vars, at_row)
+                    expect = tuple(self._check(c, vars, at_row) if c.templated else c.spec for c in final)
+                    grader = self._grader(fixed) if graded else None
                     tasks.extend(
                         _construct(
                             ConversationTask,
@@ -106,6 +115,8 @@ class Expansion:
                             matrix=combo,
                             turns=turns,
                             tool_outputs=outputs,
+                            expect=expect,
+                            grader=grader,
                             **fixed,
                         )
                         for r in range(parts.repeat)
@@ -131,17 +142,36 @@ class Expansion:
         combo_vars = {k: v for k, v in combo.items() if k not in MATRIX_KEYS}
         return combo, fixed, combo_vars, "".join(f"#{k}={fmt(v)}" for k, v in combo.items())
 
-    @staticmethod
-    def _plans(i: int, conv: Conversation) -> list[_TurnPlan]:
+    def _grader(self, fixed: dict[str, Any]) -> GraderSpec:
+        """The job's `grader:` for one matrix combination (model and api default to its own)."""
+        g, api = self.checker.parts.grader, fixed["api"]
+        default_api = Api.RESPONSES if api is Api.RESPONSES else Api.CHAT
+        if g is None:
+            return GraderSpec(model=fixed["model"], api=default_api, temperature=0)
+        return GraderSpec(
+            model=g.model or fixed["model"], api=Api(g.api) if g.api else default_api,
+            temperature=g.temperature, prompt=g.prompt, embedding_model=g.embedding_model,
+        )  # fmt: skip
+
+    def _plan_check(self, check: Any, at: Loc) -> _CheckPlan:
+        spec = check.spec()
+        if spec.type == "python":  # resolved and hashed now, so a worker can verify it
+            spec = _construct(CheckSpec, type=spec.type, value=self.checker.python_check(at, spec.value))
+        split = TEMPLATE.split(spec.value) if isinstance(spec.value, str) else None
+        return _CheckPlan(spec, spec.type != "python" and any(names_in(spec.value)), at, split)
+
+    def _conversation_checks(self, i: int, conv: Conversation) -> list[_CheckPlan]:
+        at = ("conversations", i, "expect")
+        return [self._plan_check(c, (*at, k, c.spec().type)) for k, c in enumerate(conv.expect)]
+
+    def _plans(self, i: int, conv: Conversation) -> list[_TurnPlan]:
         """The turns with what needs rendering marked, so each row renders only that."""
         plans = []
         for j, turn in enumerate(conv.turns):
             checks = []
             for k, check in enumerate(turn.expect):
-                spec = check.spec()
-                at = ("conversations", i, "turns", j, "expect", k, spec.type)
-                split = TEMPLATE.split(spec.value) if isinstance(spec.value, str) else None
-                checks.append(_CheckPlan(spec, any(names_in(spec.value)), at, split))
+                at = ("conversations", i, "turns", j, "expect", k, check.spec().type)
+                checks.append(self._plan_check(check, at))
             user = TEMPLATE.split(turn.user)
             templated = len(user) > 1
             fixed = None if templated or any(c.templated for c in checks) else _turn_spec(turn.user, checks)

@@ -126,6 +126,11 @@ class Conversation(_Model):
         description="Canned outputs of function tools by function name: a string, or data sent as JSON.",
     )
     turns: tuple[Turn, ...] = Field(min_length=1, description="The user turns, in order.")
+    expect: tuple[Check, ...] = Field(
+        (),
+        description="Checks on the whole conversation, after its last turn: content checks see every reply, "
+        "`tool_called` any turn's calls, `max_total_tokens` the total, `judge` the whole transcript.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -167,6 +172,36 @@ _MATRIX_SCHEMA: dict[str, Any] = {
 }
 
 
+GRADER_VARIABLES = ("rubric", "user", "reply", "conversation", "vars")
+"""What a `grader.prompt` template may use; the answer format is always appended by the runner."""
+
+
+class Grader(_Model):
+    """The model that runs `judge` checks (and the embeddings of `similar` checks)."""
+
+    model: str | None = Field(None, min_length=1, description="Grading model (default: the conversation's).")
+    api: Literal["chat", "responses"] | None = Field(
+        None, description="`chat` or `responses` (default: responses for a responses job, else chat)."
+    )
+    temperature: float | None = Field(0, ge=0, le=2, description="Sampling temperature of the grader (0).")
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        description="Prompt template; variables: {{rubric}} {{user}} {{reply}} {{conversation}} {{vars}} and "
+        "each var by name. The answer format (JSON) is always appended.",
+    )
+    embedding_model: str = Field(
+        "text-embedding-3-small", min_length=1, description="Embeddings model of `similar` checks."
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str | None) -> str | None:
+        if v is not None and "rubric" not in TEMPLATE.findall(v):
+            raise ValueError("a grader prompt must use {{rubric}} (and {{reply}} or {{conversation}})")
+        return v
+
+
 class Job(_Model):
     """A job file, version 1."""
 
@@ -197,6 +232,7 @@ class Job(_Model):
     output: str = Field(DEFAULT_OUTPUT, description="JSONL path; placeholders {name} {batch} {date} {time}.")
     schedule: str | None = Field(None, description="Cron expression, used by `runner schedule`.")
     simulator: SimulatorRules | None = Field(None, description="How the built-in simulator answers.")
+    grader: Grader | None = Field(None, description="The model grading `judge` checks (default: the job's).")
 
     _source: Path = PrivateAttr(default_factory=Path)
     _digest: str = PrivateAttr("")

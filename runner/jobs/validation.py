@@ -33,10 +33,12 @@ from runner.jobs.models import (
     VAR_PATTERN,
     Assistant,
     Conversation,
+    Grader,
     Job,
     Loc,
     Turn,
 )
+from runner.jobs.pychecks import PythonCheckError, resolve
 from runner.jobs.templating import fmt, names_in
 from runner.jobs.yamlload import Locator, YAMLProblems, suggest
 from runner.tasks import Api, ConversationTask, Limits
@@ -57,13 +59,17 @@ class Parts:
     limits: Limits = field(default_factory=Limits)
     complete: bool = True  # False: the matrix is unknown, so undefined vars cannot be told
     partial: list[tuple[int, ConvParts]] = field(default_factory=list)  # what validated of invalid ones
+    grader: Grader | None = None
 
     @classmethod
     def of(cls, job: Job | None, data: dict[str, Any]) -> Parts:
         if job is not None:
             limits, convs = Limits(**job.limits.model_dump()), list(enumerate(job.conversations))
             a = job.assistants
-            return cls(job.name, job.api, job.model, list(a), dict(a), convs, job.matrix, job.repeat, limits)
+            return cls(
+                job.name, job.api, job.model, list(a), dict(a), convs, job.matrix, job.repeat, limits,
+                grader=job.grader,
+            )  # fmt: skip
 
         def valid(model: type[BaseModel], value: Any) -> Any:
             try:
@@ -108,6 +114,7 @@ class ConvParts:
     @classmethod
     def of(cls, conv: Conversation) -> ConvParts:
         texts = [t for j, turn in enumerate(conv.turns) for t in _texts(j, turn.user, enumerate(turn.expect))]
+        texts += [(("expect", k, c.spec().type), c.spec().value) for k, c in enumerate(conv.expect)]
         return cls(conv.id, conv.assistant, True, conv.vars, conv.dataset, True, conv.tool_outputs, texts)
 
     @classmethod
@@ -206,6 +213,7 @@ class Checker:
     used_vars: set[str] = field(default_factory=set)
     matrix_ok: bool = True
     _bytes: dict[str, bytes] = field(default_factory=dict)
+    _python: dict[str, dict[str, Any] | str] = field(default_factory=dict)  # ref -> resolved, or why not
 
     def problem(self, loc: Loc, what: str) -> None:
         self.problems.append(self.loc.at(loc, what))
@@ -359,6 +367,27 @@ class Checker:
                     self.problem(("matrix", key, n), problem)
                     self.matrix_ok = False
                 seen.add(fmt(value))
+
+    def python_check(self, at: Loc, value: dict[str, Any]) -> dict[str, Any] | None:
+        """A `python:` check's value with its function resolved and hashed (`runner.jobs.pychecks`),
+        or None when it cannot be (reported at `at`). Each function is loaded once per file."""
+        ref = str(value.get("function", ""))
+        if ref not in self._python:
+            try:
+                if "{{" in ref:
+                    raise PythonCheckError("the function of a python check takes no {{var}}")
+                self._python[ref] = resolve(ref, self.folder)
+            except PythonCheckError as e:
+                self._python[ref] = str(e)
+            except Exception as e:  # the user's module raised while loading
+                self._python[ref] = f"loading {ref} raised {type(e).__name__}: {e}"
+        found = self._python[ref]
+        if not isinstance(found, str):
+            self._bytes[f"python-check:{ref}"] = found["sha256"].encode()  # a changed check: a new job
+        if isinstance(found, str):
+            self.problem(at, found)
+            return None
+        return {**value, **found}
 
     def digest(self, raw: bytes) -> str:
         h = hashlib.sha256(raw)

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from runner.records import Record
 from runner.reports.summary import NO_CHECKS, PASSED, outcome, problems, repeat_groups
 
+SCORE_DROP = 0.1
+"""A judge score that fell by more than this share of its scale (e.g. 1 point on 1..10), averaged
+over a conversation's repeats, is a regression even when the check still passes."""
+
 DIFF_LINES_PER_TURN = 12
 """Lines of unified diff shown per changed reply (the rest is summarised as `… N more lines`)."""
 
@@ -91,9 +95,30 @@ def _shown(text: str | None) -> str:
     return "(no reply)" if text is None else text
 
 
+@dataclass(frozen=True)
+class ScoreDrop:
+    """A `judge` check with a score whose mean fell by more than `SCORE_DROP` of its scale."""
+
+    key: str  # the conversation id without its repeat suffix
+    turn: int  # 0-based index, or -1: the conversation's own `expect:`
+    rubric: str
+    old: float
+    new: float
+    scale: tuple[float, float]
+
+    def describe(self) -> str:
+        where = "conversation" if self.turn < 0 else f"turn {self.turn + 1}"
+        lo, hi = self.scale
+        return (
+            f"{self.key} {where}: judge {self.rubric[:60]!r} score {self.old:g} → {self.new:g} "
+            f"(scale {lo:g}-{hi:g})"
+        )
+
+
 @dataclass
 class DiffResult:
     regressions: list[OutcomeChange] = field(default_factory=list)
+    score_drops: list[ScoreDrop] = field(default_factory=list)
     improvements: list[OutcomeChange] = field(default_factory=list)
     changed: list[ReplyChange] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
@@ -102,10 +127,39 @@ class DiffResult:
 
     @property
     def regressed(self) -> bool:
-        return bool(self.regressions)
+        return bool(self.regressions or self.score_drops)
 
 
-def diff_records(old: Sequence[Record], new: Sequence[Record]) -> DiffResult:
+def _judge_scores(runs: Sequence[Record]) -> dict[tuple[int, int], tuple[str, float, tuple[float, float]]]:
+    """Mean score of every scored `judge` check, by (turn index or -1, position), over the runs."""
+    found: dict[tuple[int, int], tuple[str, list[float], tuple[float, float]]] = {}
+    for r in runs:
+        places = [(t["index"], t["checks"]) for t in r["turns"]] + [(-1, r.get("checks") or [])]
+        for turn, checks in places:
+            for k, c in enumerate(checks):
+                value = c.get("value")
+                score = c.get("score")
+                if c["type"] != "judge" or not isinstance(value, dict) or not value.get("score"):
+                    continue
+                if isinstance(score, int | float):
+                    scale = (float(value["score"]["min"]), float(value["score"]["max"]))
+                    found.setdefault((turn, k), (str(value.get("rubric", "")), [], scale))[1].append(score)
+    return {at: (rubric, sum(v) / len(v), scale) for at, (rubric, v, scale) in found.items()}
+
+
+def _score_drops(key: str, old: Sequence[Record], new: Sequence[Record], threshold: float) -> list[ScoreDrop]:
+    before, after = _judge_scores(old), _judge_scores(new)
+    drops = []
+    for at, (rubric, was, scale) in sorted(before.items()):
+        now = after.get(at)
+        if now is None or now[0] != rubric or now[2] != scale:
+            continue  # another check at this place: not comparable
+        if was - now[1] > threshold * (scale[1] - scale[0]):
+            drops.append(ScoreDrop(key, at[0], rubric, round(was, 3), round(now[1], 3), scale))
+    return drops
+
+
+def diff_records(old: Sequence[Record], new: Sequence[Record], score_drop: float = SCORE_DROP) -> DiffResult:
     result = DiffResult()
     old_groups, new_groups = repeat_groups(old), repeat_groups(new)
     result.removed = [k for k in old_groups if k not in new_groups]
@@ -120,6 +174,7 @@ def diff_records(old: Sequence[Record], new: Sequence[Record]) -> DiffResult:
             result.regressions.append(change)
         elif ok_new > ok_old or done_new > done_old:
             result.improvements.append(change)
+        result.score_drops += _score_drops(key, old_runs, new_groups[key], score_drop)
     new_by_id = {r["conversation_id"]: r for r in new}
     for r in old:
         other = new_by_id.get(r["conversation_id"])
@@ -149,6 +204,9 @@ def render_diff(result: DiffResult, *, replies: bool = True, max_replies: int = 
         for c in result.regressions:
             lines.append(f"  {c.describe()}")
             lines += [f"    {reason}" for reason in c.reasons()]
+    if result.score_drops:
+        lines.append(f"judge scores that dropped ({len(result.score_drops)}, regressions):")
+        lines += [f"  {d.describe()}" for d in result.score_drops]
     if result.improvements:
         lines.append(f"improvements ({len(result.improvements)}):")
         lines += [f"  {c.describe()}" for c in result.improvements]
@@ -172,8 +230,13 @@ def summary(result: DiffResult) -> str:
     def n(count: int, one: str, many: str) -> str:
         return f"{count} {one if count == 1 else many}"
 
+    drops = (
+        f", {n(len(result.score_drops), 'judge score drop', 'judge score drops')}"
+        if result.score_drops
+        else ""
+    )
     return (
-        f"{n(len(result.regressions), 'regression', 'regressions')}, "
+        f"{n(len(result.regressions), 'regression', 'regressions')}{drops}, "
         f"{n(len(result.improvements), 'improvement', 'improvements')}, "
         f"{n(len(result.changed), 'changed reply', 'changed replies')}, "
         f"{len(result.added)} added, {len(result.removed)} removed ({result.compared} conversations compared)"

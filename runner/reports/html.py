@@ -21,7 +21,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 
-from runner.records import Record, TurnRecord
+from runner.records import CheckResult, Record, TurnRecord
 from runner.reports.pricing import CostEstimate, PriceTable, estimate, format_usd, load_prices
 from runner.reports.summary import (
     ERROR,
@@ -36,6 +36,7 @@ from runner.reports.summary import (
     error_line,
     flaky,
     format_ms,
+    graded_text,
     outcome,
     percentile,
     repeat_groups,
@@ -227,7 +228,7 @@ def _tokens_panel(records: Sequence[Record], prices: PriceTable) -> str:
         subset = [r for r in records if model is None or r["model"] == model]
         if model is None and len(models) < 2 and rows:
             break  # a single model: its row is the total already
-        price = short_cost(estimate(subset, prices))
+        price = short_cost(estimate([_without_grading(r) for r in subset], prices))
         cells = [
             sum(r["usage"]["prompt_tokens"] for r in subset),
             sum(r["usage"]["completion_tokens"] for r in subset),
@@ -237,6 +238,12 @@ def _tokens_panel(records: Sequence[Record], prices: PriceTable) -> str:
         rows.append(
             f"<tr><th>{e(name)}</th>{''.join(f'<td>{c:,}</td>' for c in cells)}<td>{e(price)}</td></tr>"
         )
+    graded = [g for r in records if (g := r.get("grader_usage"))]
+    if graded:  # grading (judge, similar) is counted and priced apart from the conversations
+        cells = [sum(g[k] for g in graded) for k in ("prompt_tokens", "completion_tokens", "total_tokens")]
+        grading = format_usd(estimate(records, prices).grading_usd)
+        tds = "".join(f"<td>{c:,}</td>" for c in cells)
+        rows.append(f"<tr><th>grading</th>{tds}<td>{e(grading)}</td></tr>")
     missing = estimate(records, prices).unknown
     unpriced = (
         f'<p class="note">No price for: {e(", ".join(sorted(missing)))} (shown as unknown, not zero).</p>'
@@ -250,6 +257,10 @@ def _tokens_panel(records: Sequence[Record], prices: PriceTable) -> str:
         '<p class="note">Cost is an estimate from the price table (USD per 1M tokens; override with '
         "<code>--prices FILE</code>).</p></div>"
     )
+
+
+def _without_grading(record: Record) -> Record:
+    return {k: v for k, v in record.items() if k != "grader_usage"}  # type: ignore[return-value]
 
 
 def _repeats_panel(records: Sequence[Record]) -> str:
@@ -331,7 +342,24 @@ def _detail(r: Record) -> str:
     if outcome(r) == ERROR:
         parts.append(f'<p class="error-box">{e(error_line(r))}</p>')
     parts += [_turn(t) for t in r["turns"]]
+    if r.get("checks"):
+        items = _checks(r.get("checks") or [])
+        parts.append(
+            f'<div class="turn"><div class="turn-head">Whole conversation<span></span></div>'
+            f'<ul class="checks">{items}</ul></div>'
+        )
     return "".join(parts)
+
+
+def _checks(checks: list[CheckResult]) -> str:
+    """Each check with its verdict; a grader's verdict, score, label and reason after it."""
+    return "".join(
+        f'<li class="{"ok" if c["passed"] else "bad"}">{"✓" if c["passed"] else "✗"} {e(describe_check(c))}'
+        + (f' <span class="why">{e(c["detail"])}</span>' if c["detail"] else "")
+        + (f' <span class="why grader">{e(graded_text(c))}</span>' if graded_text(c) else "")
+        + "</li>"
+        for c in checks
+    )
 
 
 def _turn(t: TurnRecord) -> str:
@@ -352,12 +380,7 @@ def _turn(t: TurnRecord) -> str:
         else '<div class="msg none">(no reply)</div>'
     )
     error = f'<p class="error-box">{e(t["error"])}</p>' if t.get("error") else ""
-    checks = "".join(
-        f'<li class="{"ok" if c["passed"] else "bad"}">{"✓" if c["passed"] else "✗"} {e(describe_check(c))}'
-        + (f' <span class="why">{e(c["detail"])}</span>' if c["detail"] else "")
-        + "</li>"
-        for c in t["checks"]
-    )
+    checks = _checks(t["checks"])
     return (
         f'<div class="turn"><div class="turn-head">Turn {t["index"] + 1}<span>{e(stats)}</span></div>'
         f'<div class="msg user">{e(t["user"])}</div>{calls}{said}{error}'

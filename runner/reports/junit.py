@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runner.records import Record
+from runner.records import CheckResult, Record
 from runner.reports.summary import (
     ERROR,
     FAILED,
@@ -31,6 +31,7 @@ from runner.reports.summary import (
     describe_check,
     error_line,
     failure_line,
+    graded_text,
     outcome,
 )
 
@@ -76,10 +77,16 @@ def conversation_text(record: Record) -> str:
         lines.append(f"assistant: {t['assistant'] if t['assistant'] is not None else '(no reply)'}")
         if t.get("error"):
             lines.append(f"error: {t['error']}")
-        for c in t["checks"]:
-            mark = "ok  " if c["passed"] else "FAIL"
-            lines.append(f"  {mark} {describe_check(c)}" + (f" ({c['detail']})" if c["detail"] else ""))
+        lines += [_check_line(c) for c in t["checks"]]
+    if record.get("checks"):
+        lines += ["", "[conversation]"] + [_check_line(c) for c in record.get("checks") or []]
     return "\n".join(lines)
+
+
+def _check_line(c: CheckResult) -> str:
+    mark = "ok  " if c["passed"] else "FAIL"
+    graded = f" [{graded_text(c)}]" if graded_text(c) and c["passed"] else ""
+    return f"  {mark} {describe_check(c)}" + (f" ({c['detail']})" if c["detail"] else "") + graded
 
 
 def _testcase(record: Record) -> ET.Element:

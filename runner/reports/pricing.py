@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from runner.errors import UsageError
-from runner.records import Record
+from runner.records import Record, Usage
 
 """Environment variable naming a price file (used when `--prices` is not given)."""
 
@@ -69,6 +69,7 @@ class CostEstimate:
     usd: float = 0.0
     by_model: dict[str, float] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)  # model -> total tokens not priced
+    grading_usd: float = 0.0  # the part of `usd` spent by graders (`grader_usage`), included above
 
     @property
     def complete(self) -> bool:
@@ -91,17 +92,26 @@ def format_usd(usd: float) -> str:
 
 
 def estimate(records: Iterable[Record], table: PriceTable) -> CostEstimate:
+    """The cost of the conversations and of their grading (`grader_usage`, priced per model)."""
     est = CostEstimate()
     for r in records:
-        model, usage = r["model"], r["usage"]
-        price = table.lookup(model)
-        if price is None:
-            est.unknown[model] = est.unknown.get(model, 0) + usage["total_tokens"]
-            continue
-        usd = (usage["prompt_tokens"] * price.input + usage["completion_tokens"] * price.output) / 1e6
-        est.usd += usd
-        est.by_model[model] = est.by_model.get(model, 0.0) + usd
+        est.usd += _add(est, table, r["model"], r["usage"])
+        grading = r.get("grader_usage")
+        for model, usage in (grading["by_model"] if grading else {}).items():
+            usd = _add(est, table, model, usage)
+            est.usd += usd
+            est.grading_usd += usd
     return est
+
+
+def _add(est: CostEstimate, table: PriceTable, model: str, usage: Usage) -> float:
+    price = table.lookup(model)
+    if price is None:
+        est.unknown[model] = est.unknown.get(model, 0) + usage["total_tokens"]
+        return 0.0
+    usd = (usage["prompt_tokens"] * price.input + usage["completion_tokens"] * price.output) / 1e6
+    est.by_model[model] = est.by_model.get(model, 0.0) + usd
+    return usd
 
 
 def load_prices(path: str | None = None) -> PriceTable:

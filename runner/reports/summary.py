@@ -18,7 +18,7 @@ from typing import Any
 
 from runner.errors import UsageError
 from runner.records import ERROR, FAILED, NO_CHECKS, PASSED, CheckResult, Record, Status, outcome
-from runner.reports.pricing import PriceTable, estimate
+from runner.reports.pricing import PriceTable, estimate, format_usd
 
 _REPEAT_SUFFIX = re.compile(r"#r\d+$")
 
@@ -204,17 +204,43 @@ def describe_check(check: CheckResult) -> str:
     value = check.get("value")
     if value is None or value is True:
         return check["type"]
+    if isinstance(value, dict) and check["type"] in ("judge", "python", "similar"):
+        main = value.get("rubric") or value.get("function") or value.get("to")
+        least = f" (at least {value['at_least']:g})" if "at_least" in value else ""
+        return f"{check['type']} {clip(json.dumps(main, ensure_ascii=False), 80)}{least}"
     shown = value if isinstance(value, int | float) else json.dumps(value, ensure_ascii=False)
     return f"{check['type']} {clip(str(shown), 80)}"
 
 
+CONVERSATION_TURN = -1
+"""`CheckFailure.turn` of a conversation-level check (its `expect:`, after the last turn)."""
+
+
 def check_failures(record: Record) -> list[CheckFailure]:
-    return [
+    failures = [
         CheckFailure(t["index"], t["user"], c["type"], c.get("value"), c["detail"], t["assistant"])
         for t in record["turns"]
         for c in t["checks"]
         if not c["passed"]
     ]
+    last = record["turns"][-1]["assistant"] if record["turns"] else None
+    for c in record.get("checks") or []:
+        if not c["passed"]:
+            failures.append(CheckFailure(CONVERSATION_TURN, "", c["type"], c.get("value"), c["detail"], last))
+    return failures
+
+
+def graded_text(check: CheckResult) -> str:
+    """What a grader said, for reports: `verdict fail, score 4, label 'evasive': reason` (or '')."""
+    parts = [f"verdict {check['verdict']}"] if check.get("verdict") else []
+    if check.get("score") is not None:
+        parts.append(f"score {check['score']:g}")
+    if check.get("label"):
+        parts.append(f"label {check['label']!r}")
+    if check.get("method"):
+        parts.append(f"method {check['method']}")
+    text = ", ".join(parts)
+    return f"{text}: {check['reason']}" if check.get("reason") else text
 
 
 _QUOTED_REPLY = re.compile(r"; got ['\"].*$", re.DOTALL)
@@ -225,7 +251,8 @@ def failure_line(f: CheckFailure) -> str:
     short = _QUOTED_REPLY.sub("", f.detail) if f.detail and f.assistant is not None else f.detail
     detail = f" ({clip(short, 100)})" if short else ""
     check = describe_check({"type": f.check, "value": f.expected, "passed": False, "detail": None})
-    return f"turn {f.turn + 1}: {check} failed{detail}; assistant said: {json.dumps(clip(f.assistant))}"
+    where = "conversation" if f.turn == CONVERSATION_TURN else f"turn {f.turn + 1}"
+    return f"{where}: {check} failed{detail}; assistant said: {json.dumps(clip(f.assistant))}"
 
 
 _TURN_PREFIX = re.compile(r"^turn (\d+): ")
@@ -319,7 +346,7 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 
 
 def checks_cell(record: Record) -> str:
-    checks = [c for t in record["turns"] for c in t["checks"]]
+    checks = [c for t in record["turns"] for c in t["checks"]] + list(record.get("checks") or [])
     return f"{sum(c['passed'] for c in checks)}/{len(checks)}" if checks else "-"
 
 
@@ -359,7 +386,13 @@ def render_report(records: Sequence[Record], prices: PriceTable, *, failed_only:
     prompt = sum(r["usage"]["prompt_tokens"] for r in records)
     completion = sum(r["usage"]["completion_tokens"] for r in records)
     lines.append(f"tokens: {s.tokens:,} (prompt {prompt:,}, completion {completion:,})")
-    lines.append(f"estimated cost: {estimate(records, prices).describe()}")
+    graded = [g for r in records if (g := r.get("grader_usage"))]
+    if graded:
+        tokens, requests = sum(g["total_tokens"] for g in graded), sum(g["requests"] for g in graded)
+        lines.append(f"grader tokens: {tokens:,} in {requests:,} requests (apart from the tokens above)")
+    cost = estimate(records, prices)
+    grading = f" (grading {format_usd(cost.grading_usd)})" if graded and cost.grading_usd else ""
+    lines.append(f"estimated cost: {cost.describe()}{grading}")
     lines += _repeat_lines(records)
     return "\n".join(lines)
 

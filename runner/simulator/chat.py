@@ -172,7 +172,8 @@ async def create_chat_completion(call: Call) -> Any:
     if plan.kind == "fail" and not stream:
         raise server_error()
     cap = v.token_cap(body, "max_completion_tokens") or v.token_cap(body, "max_tokens")
-    text, finish = shape_reply(plan.text, body.get("response_format")), "stop"
+    text = plan.text if plan.raw else shape_reply(plan.text, body.get("response_format"))
+    finish = "stop"
     if plan.kind == "call":
         finish = "tool_calls"
     elif cap and count_tokens(text) > cap:

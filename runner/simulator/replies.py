@@ -42,6 +42,11 @@ class Plan:
         return self.rule.latency_s if self.rule is not None else None
 
     @property
+    def raw(self) -> bool:
+        """Reply as written, whatever structured output the request asked for."""
+        return self.rule is not None and self.rule.ignore_format
+
+    @property
     def call(self) -> str | None:
         """The first call's function name (None: not a call)."""
         return self.calls[0][0] if self.calls else None

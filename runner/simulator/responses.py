@@ -237,7 +237,7 @@ async def create_response(call: Call) -> Any:
         raise quota_error()
     if plan.kind == "fail" and not req["background"] and not body.get("stream"):
         raise server_error()
-    full = shape_reply(plan.text, req["text"]["format"])
+    full = plan.text if plan.raw else shape_reply(plan.text, req["text"]["format"])
     text = full
     cap = req["max_output_tokens"]
     if cap and count_tokens(text) > cap:

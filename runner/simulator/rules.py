@@ -44,6 +44,11 @@ class Rule(BaseModel):
         description="Reply once all tool outputs arrived (a template; {{tool_output}} joins them).",
     )
     fail: bool = Field(default=False, description="Fail the run (server_error) instead of replying.")
+    ignore_format: bool = Field(
+        default=False,
+        description="Reply as written even when the request asks for structured output (like a server "
+        "that does not honour response_format).",
+    )
     quota_exhausted: bool = Field(default=False, description="Answer 429 insufficient_quota.")
     latency_s: float | None = Field(
         default=None, ge=0, description="How long matching runs stay in progress."

@@ -231,7 +231,9 @@ def _start(sim: Simulator, run: Run, at: float) -> None:
         sim, run.thread, "assistant", [], at, status="in_progress", run=run, mid=run.ids["message"]
     )
     run.message = msg
-    run.message_full = shape_reply(run.plan.text, run.options["response_format"])
+    run.message_full = (
+        run.plan.text if run.plan.raw else shape_reply(run.plan.text, run.options["response_format"])
+    )
     run.message_final = run.message_full
     limit = run.options["max_completion_tokens"]
     if limit and count_tokens(run.message_full) > limit:
