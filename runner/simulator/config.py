@@ -36,6 +36,13 @@ NOMINAL_RPM = 30_000
 NOMINAL_TPM = 150_000_000
 """The token limit reported in `x-ratelimit-*` headers when no `tpm` is set (never enforced)."""
 
+DEFAULT_BATCH_LATENCY_S = 2.0
+"""How long a provider batch (`/v1/batches`) takes from creation to `completed`: the compressed
+clock of the Batch API (OpenAI promises 24 hours)."""
+
+BATCH_WINDOW_FACTOR = 4.0
+"""A batch's `expires_at` is `created_at` + this × `batch_latency_s` (its compressed 24 h window)."""
+
 KeyPredicate = Callable[[str], bool]
 
 
@@ -64,6 +71,9 @@ class SimulatorConfig:
     verbose: bool = False
     reject_keys: frozenset[str] | KeyPredicate = REJECTED_KEYS
     jitter: float = LATENCY_JITTER
+    batch_latency_s: float = DEFAULT_BATCH_LATENCY_S
+    batch_fault_rate: float = 0.0  # share of batch lines answered with a 500 in the error file
+    batch_expire_rate: float = 0.0  # share of batches that expire with half their lines unrun
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +91,11 @@ class SimulatorConfig:
             problems.append("poll_after_ms must be >= 1")
         if not 0.0 <= self.jitter < 1.0:
             problems.append("jitter must be in [0, 1)")
+        if self.batch_latency_s < 0:
+            problems.append("batch_latency_s must be >= 0")
+        for name in ("batch_fault_rate", "batch_expire_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1")
         if problems:
             raise UsageError("invalid simulator configuration: " + "; ".join(problems))
 
