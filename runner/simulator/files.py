@@ -83,7 +83,8 @@ async def _form(call: Call) -> tuple[dict[str, str], tuple[str, bytes] | None]:
     upload: tuple[str, bytes] | None = None
     for part in message.iter_parts() if message.is_multipart() else []:
         name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
+        raw_payload = part.get_payload(decode=True)
+        payload = raw_payload if isinstance(raw_payload, bytes) else b""
         if not isinstance(name, str):
             continue
         filename = part.get_filename()
