@@ -70,6 +70,8 @@ class TurnRecord(TypedDict):
     latency_ms: int | None
     checks: list[CheckResult]
     error: NotRequired[str | None]
+    via: NotRequired[str]  # "direct" | "batch" (the provider's Batch API)
+    provider_batch_id: NotRequired[str | None]  # the provider batch that answered this turn
 
 
 class AssistantRef(TypedDict):
