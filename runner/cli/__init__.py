@@ -70,4 +70,4 @@ def redis_option(f: F) -> F:
 
 
 # Command modules register themselves on `main`; imported last so they can import `main`.
-from runner.cli import batch, jobs, reports, run, schedule, simulate  # noqa: E402,F401
+from runner.cli import batch, cancel, jobs, reports, run, schedule, simulate  # noqa: E402,F401

@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from runner.engine.backends.provider_batches import ProviderBatches
 from runner.engine.client import make_client
@@ -21,7 +22,7 @@ from runner.engine.retry import Caller
 from runner.errors import Interrupted
 from runner.jobs import Job
 from runner.queue.batch import Batch
-from runner.queue.batch_api import BatchApiRun, start_batch_api
+from runner.queue.batch_api import BatchApiRun, pb_key, start_batch_api
 from runner.queue.collector import sorted_records
 from runner.queue.redis_server import connect, embedded_redis
 from runner.records import write_records
@@ -29,6 +30,9 @@ from runner.run.options import RunOptions, RunOutcome
 from runner.run.progress import Progress
 from runner.settings import Settings
 from runner.tasks import ConversationTask
+
+DEFAULT_MAX_ATTEMPTS = 4
+"""Tries per provider request when no job says otherwise (`runner cancel`)."""
 
 
 def provider_for(settings: Settings, max_attempts: int) -> ProviderBatches:
@@ -79,3 +83,13 @@ def run_batch_api(
         records = sorted_records(batch.records().values())
         write_records(output, records)
     return RunOutcome(batch_id=batch_id, output=output, records=records, wall_s=time.monotonic() - began)
+
+
+def cancel_provider_batches(batch_id: str, redis: Any, settings: Settings) -> list[str] | None:
+    """`runner cancel BATCH` for a `--batch-api` batch: cancel its provider batches in flight and
+    record its unfinished conversations as cancelled. Returns the provider batch ids asked to
+    cancel, or None when BATCH is not a Batch API batch (nothing done)."""
+    Batch(redis, batch_id).require()  # an unknown id: exit 2
+    if not redis.exists(pb_key(batch_id)):
+        return None
+    return BatchApiRun(redis, batch_id, provider_for(settings, DEFAULT_MAX_ATTEMPTS)).cancel()
