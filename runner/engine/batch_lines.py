@@ -211,7 +211,7 @@ def fail(
     if retryable and state.attempt < max(1, task.limits.max_attempts):
         state.attempt += 1
         return
-    tries = f" after {state.attempt} attempts" if state.attempt > 1 else ""
+    tries = f" (after {state.attempt} attempts)" if state.attempt > 1 else ""
     _finish_turn(task, state, "error", f"{error}{tries}")
 
 

@@ -327,7 +327,7 @@ class BatchApiRun:
                 status = int(response.get("status_code") or 0)
                 err = (response.get("body") or {}).get("error") or {}
                 what = (
-                    f"HTTP {status} {err.get('code') or ''}".rstrip()
+                    f"HTTP {status} {err.get('code') or err.get('type') or ''}".rstrip()
                     + f": {err.get('message') or 'no message'}"
                 )
                 retryable = status in RETRY_STATUSES or status >= 500
