@@ -302,3 +302,20 @@ def test_batch_api_with_the_assistants_api_is_bad_input(
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "job2.yaml")])
     assert result.exit_code == 2
     assert "batch_api: the Assistants API has no batch endpoint" in result.output
+
+
+def test_batch_api_turns_are_priced_at_the_batch_price(tmp_path: Path) -> None:
+    from runner.reports.pricing import estimate, load_prices
+
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000, "total_tokens": 2_000_000}
+    turn = {"index": 0, "usage": usage, "via": "batch"}
+    record = {"model": "gpt-4o-mini", "usage": usage, "turns": [turn]}
+    direct = {**record, "turns": [{**turn, "via": "direct"}]}
+    table = load_prices()
+    assert estimate([direct], table).usd == pytest.approx(0.75)  # 0.15 + 0.60 per 1M
+    cost = estimate([record], table)  # type: ignore[list-item]
+    assert cost.usd == pytest.approx(0.375) and cost.batch_saving == pytest.approx(0.375)
+    assert cost.describe() == "$0.3750 (Batch API: $0.3750 saved against direct calls)"
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("gpt-4o-mini: {input: 0.15, output: 0.60, batch_input: 0.1, batch_output: 0.2}\n")
+    assert estimate([record], load_prices(str(prices))).usd == pytest.approx(0.3)  # type: ignore[list-item]
