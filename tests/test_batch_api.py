@@ -5,6 +5,7 @@ lines, expiry, cancel, and the assistants API refused."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from click.testing import CliRunner
 
 from runner.cli import main
 from runner.jobs import expand, load_job
+from runner.queue.batch import Batch
 from runner.queue.batch_api import BatchApiRun, start_batch_api
+from runner.queue.batch_api_jobs import provider_for
 from runner.queue.redis_server import connect, embedded_redis
 from runner.run import RunOptions, run_job
-from runner.run.batch_api import provider_for
 from runner.settings import Settings
 from runner.simulator import RunningSimulator
 
@@ -319,3 +321,43 @@ def test_batch_api_turns_are_priced_at_the_batch_price(tmp_path: Path) -> None:
     prices = tmp_path / "prices.yaml"
     prices.write_text("gpt-4o-mini: {input: 0.15, output: 0.60, batch_input: 0.1, batch_output: 0.2}\n")
     assert estimate([record], load_prices(str(prices))).usd == pytest.approx(0.3)  # type: ignore[list-item]
+
+
+def test_batch_api_queue_mode_polls_with_scheduled_jobs_holding_no_worker(
+    tmp_path: Path,
+    sim_factory: Callable[..., RunningSimulator],
+    env: Callable[..., Settings],
+    redis_client: redis_lib.Redis,
+) -> None:
+    from rq import SimpleWorker
+    from rq.registry import ScheduledJobRegistry
+    from rq.serializers import JSONSerializer
+
+    from runner.queue.conversations import rq_queue
+
+    sim = sim_factory(rules=RULES, batch_latency_s=1.0)
+    env(sim)
+    path = write_job(tmp_path / "job.yaml", "chat", batch_api=True)
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(main, ["enqueue", str(path), "--redis-url", redis_client.url, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    batch_id = result.output.strip()
+    queue = rq_queue(redis_client)
+    scheduled_seen = 0
+    deadline = time.monotonic() + 60
+    while not Batch(redis_client, batch_id).require().finished:
+        assert time.monotonic() < deadline
+        SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer).work(
+            burst=True, with_scheduler=True
+        )
+        scheduled_seen += len(ScheduledJobRegistry(queue=queue))
+        time.sleep(0.2)
+    # Each poll was its own short job, the next one waiting as a scheduled job (not a worker).
+    assert scheduled_seen > 0
+    assert int(redis_client.get(f"runner:batch:{batch_id}:pb:polls")) > 3  # more polls than rounds
+    result = CliRunner().invoke(main, ["collect", batch_id, "--redis-url", redis_client.url])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["passed"] for r in records] == [True, True]
+    assert {t["via"] for r in records for t in r["turns"]} == {"batch"}
+    assert routes(sim)["POST /v1/batches"] == 3

@@ -15,14 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.engine.backends.provider_batches import ProviderBatches
-from runner.engine.client import make_client
-from runner.engine.limits import LocalLimiter
-from runner.engine.retry import Caller
 from runner.errors import Interrupted
 from runner.jobs import Job
 from runner.queue.batch import Batch
 from runner.queue.batch_api import BatchApiRun, pb_key, start_batch_api
+from runner.queue.batch_api_jobs import DEFAULT_MAX_ATTEMPTS, provider_for
 from runner.queue.collector import sorted_records
 from runner.queue.redis_server import connect, embedded_redis
 from runner.records import write_records
@@ -30,15 +27,6 @@ from runner.run.options import RunOptions, RunOutcome
 from runner.run.progress import Progress
 from runner.settings import Settings
 from runner.tasks import ConversationTask
-
-DEFAULT_MAX_ATTEMPTS = 4
-"""Tries per provider request when no job says otherwise (`runner cancel`)."""
-
-
-def provider_for(settings: Settings, max_attempts: int) -> ProviderBatches:
-    """The provider's Files + Batches endpoints through one retry layer (no per-minute limits:
-    batch requests are few, and the Batch API has its own queue limits)."""
-    return ProviderBatches(make_client(settings), Caller(LocalLimiter(None, None), max_attempts=max_attempts))
 
 
 def run_batch_api(
