@@ -87,6 +87,8 @@ class TurnRecord(TypedDict):
     checks: list[CheckResult]
     error: NotRequired[str | None]
     grader_usage: NotRequired[GraderUsage | None]  # null: nothing was graded by a model
+    via: NotRequired[str]  # "direct" | "batch" (the provider's Batch API)
+    provider_batch_id: NotRequired[str | None]  # the provider batch that answered this turn
 
 
 class AssistantRef(TypedDict):

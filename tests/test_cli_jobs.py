@@ -60,7 +60,7 @@ def test_cli_jobs_validate_reports_all_files(tmp_path: Path, monkeypatch: pytest
     assert result.stdout == "good.yaml: ok: 1 conversation, 1 turn, 1 check\n"
     assert result.stderr.splitlines() == [
         "bad.yaml:3: repeat: must be greater than or equal to 1, got 0",
-        "bad.yaml:7: unknown key 'bogus'; valid keys: api, assistants, conversations, description, grader, limits, matrix, "
+        "bad.yaml:7: unknown key 'bogus'; valid keys: api, assistants, batch_api, conversations, description, grader, limits, matrix, "
         "model, name, output, repeat, schedule, simulator, version",
         "missing.yaml: job file not found",
         "empty.yaml: the file is empty",

@@ -127,7 +127,7 @@ CASES = [
     case(
         "unknown-top-key",
         conv() + "modle: x\n",
-        "job.yaml:9: unknown key 'modle' (did you mean 'model'?); valid keys: api, assistants, conversations, description, grader, limits, matrix, model, name, output, repeat, schedule, simulator, version",
+        "job.yaml:9: unknown key 'modle' (did you mean 'model'?); valid keys: api, assistants, batch_api, conversations, description, grader, limits, matrix, model, name, output, repeat, schedule, simulator, version",
     ),
     case(
         "unknown-assistant-key",

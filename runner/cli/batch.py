@@ -53,7 +53,12 @@ def _open(redis_url: str | None) -> Iterator[redis_lib.Redis]:
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @redis_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="JSONL the batch is collected to.")
-def enqueue(job_file: str, redis_url: str | None, output: str | None) -> None:
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="Through the provider's Batch API, polled by the workers' scheduled jobs.",
+)
+def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api: bool) -> None:
     """Validate JOB_FILE, prepare its assistants and enqueue one job per conversation; print the batch id.
 
     Enqueuing the same file (same output) again while its batch is unfinished adds nothing.
@@ -69,6 +74,12 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None) -> None:
 
     job = load_job(job_file)  # exit 2 before anything is sent
     client = connect(_need_url(redis_url, "enqueue"))
+    if batch_api or job.batch_api:
+        from runner.jobs import expand
+        from runner.queue.batch_api_jobs import enqueue_batch_api
+
+        click.echo(enqueue_batch_api(job, expand(job), redis=client, output=output))
+        return
     batch_id = enqueue_job(job, redis=client, output=output, settings=Settings.from_env())
     click.echo(batch_id)
 
@@ -271,11 +282,20 @@ def retry(batch: str, redis_url: str | None) -> None:
 @redis_option
 def cancel(batch: str, redis_url: str | None) -> None:
     """Cancel BATCH: its queued conversations are dropped, running ones finish and are recorded.
+    A batch run through the provider's Batch API (--batch-api) has its provider batches cancelled
+    too, and its unfinished conversations recorded as cancelled.
 
     Running the same job file again (same output) resumes it: the dropped conversations run then.
     """
     from runner.queue.enqueue import cancel_batch
+    from runner.run.batch_api import cancel_provider_batches
 
     with _open(redis_url) as client:
-        n = cancel_batch(batch, client)
+        ids = cancel_provider_batches(batch, client, Settings.from_env())
+        if ids is None:  # an ordinary batch: its RQ jobs
+            n = cancel_batch(batch, client)
+    if ids is not None:
+        shown = ", ".join(ids) if ids else "none in flight"
+        click.echo(f"batch {batch} cancelled; provider batches cancelled: {shown}")
+        return
     click.echo(f"batch {batch} cancelled: {n} queued conversation{'s' if n != 1 else ''} dropped")

@@ -41,6 +41,11 @@ FAILURES_SHOWN = 10
     "--fail-under", type=click.FloatRange(0, 1), help="Exit 1 only when the pass rate is below this."
 )
 @click.option("--inline", is_flag=True, help="No queue: run in this process (for debugging).")
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="Through the provider's Batch API: half the price, results within 24 h (chat, responses).",
+)
 @click.option("--no-progress", is_flag=True, help="No live progress line.")
 def run(
     job_file: str,
@@ -52,6 +57,7 @@ def run(
     html_path: str | None,
     fail_under: float | None,
     inline: bool,
+    batch_api: bool,
     no_progress: bool,
 ) -> None:
     """Run every conversation of JOB_FILE and write one transcript line per conversation.
@@ -69,6 +75,7 @@ def run(
         simulate=simulate,
         redis_url=redis_url,
         inline=inline,
+        batch_api=batch_api,
         junit=junit,
         html=html_path,
         fail_under=fail_under,

@@ -13,6 +13,7 @@ import click
 from runner.cli import main
 from runner.errors import UsageError
 from runner.simulator.config import (
+    DEFAULT_BATCH_LATENCY_S,
     DEFAULT_FAULT_AFTER_SHARE,
     DEFAULT_LATENCY_S,
     DEFAULT_MAX_BODY_BYTES,
@@ -123,6 +124,27 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     help="Seconds until an active run expires (expires_at).",
 )
 @click.option("--poll-after-ms", type=click.IntRange(min=1), help="openai-poll-after-ms sent on run reads.")
+@click.option(
+    "--batch-latency",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_BATCH_LATENCY_S,
+    show_default=True,
+    help="Seconds a Batch API batch takes to complete (the compressed 24 h clock).",
+)
+@click.option(
+    "--batch-fault-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of batch lines answered with a 500 in the batch's error file.",
+)
+@click.option(
+    "--batch-expire-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of batches that expire with half their lines unrun.",
+)
 @click.option("--verbose", is_flag=True, help="Log one line per request (method, path, status, ms).")
 def simulate(
     host: str,
@@ -140,6 +162,9 @@ def simulate(
     quota_exhausted: bool,
     run_ttl: float,
     poll_after_ms: int | None,
+    batch_latency: float,
+    batch_fault_rate: float,
+    batch_expire_rate: float,
     verbose: bool,
 ) -> None:
     """Serve the OpenAI-compatible simulator (Assistants v2, Responses, Chat Completions) until Ctrl-C.
@@ -171,6 +196,9 @@ def simulate(
         poll_after_ms=poll_after_ms,
         verbose=verbose,
         validate_responses=validate_responses or validate_from_env(),
+        batch_latency_s=batch_latency,
+        batch_fault_rate=batch_fault_rate,
+        batch_expire_rate=batch_expire_rate,
     )
     if verbose:
         _verbose_logging()

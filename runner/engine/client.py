@@ -1,9 +1,9 @@
 """The SDK client and the backend serving each API, one per process and settings.
 
-    make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off
-    shared_client(settings)    one per process and settings (workers fork: a client never crosses a fork)
-    backend_for(api, client, settings)   one backend per client, API and wait mode, so what it
-                               learns (how long runs take) is shared by the conversations
+make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off
+shared_client(settings)    one per process and settings (workers fork: a client never crosses a fork)
+backend_for(api, client, settings)   one backend per client, API and wait mode, so what it
+                           learns (how long runs take) is shared by the conversations
 """
 
 from __future__ import annotations

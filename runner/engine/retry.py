@@ -45,6 +45,7 @@ BACKOFF_MAX_S = 8.0
 
 QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted"})
 
+
 def _header(exc: BaseException, name: str) -> str | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)

@@ -158,5 +158,3 @@ def _yaml_rows(text: str, shown: str, problems: list[Problem]) -> list[Row]:
 
 
 # --- pydantic errors → problems --------------------------------------------------------------------
-
-

@@ -19,6 +19,7 @@ KEY_PREFIX = "runner:schedule:"
 SCHEDULES_KEY = "runner:schedules"
 """Set of the job names any scheduler has registered (what `runner status` lists)."""
 
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

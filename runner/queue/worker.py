@@ -150,7 +150,8 @@ def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings) -
     execute.configure(settings)
     with contextlib.suppress(Exception):  # no key yet, or another backend: built at first use then
         shared_client(settings)  # this process's HTTP client, ready before it takes its first request slot
-    RunnerWorker(redis).work(burst=burst, logging_level=logging_level)
+    # with_scheduler: delayed jobs (the Batch API's polls, `runner.queue.batch_api_jobs`) get enqueued.
+    RunnerWorker(redis).work(burst=burst, logging_level=logging_level, with_scheduler=True)
     if burst and rq_queue(redis).count:
         sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
 

@@ -5,7 +5,11 @@ table is a snapshot of public list prices and is only an estimate; users overrid
 a YAML/JSON file given by `--prices FILE` or the `RUNNER_PRICES` environment variable::
 
     gpt-4o-mini: {input: 0.15, output: 0.60}
-    my-finetune: {input: 0.30, output: 1.20}
+    my-finetune: {input: 0.30, output: 1.20, batch_input: 0.15, batch_output: 0.60}
+
+Turns answered through the Batch API (`via: batch` in the record) are priced at the batch price,
+half the list price unless `batch_input` / `batch_output` say otherwise, and the report shows what
+that saved against direct calls.
 
 A model with no price is reported as unknown, never as costing zero. Dated snapshots such as
 `gpt-4o-mini-2024-07-18` take the price of their longest listed prefix (`gpt-4o-mini`).
@@ -26,10 +30,24 @@ from runner.records import Record, Usage
 """Environment variable naming a price file (used when `--prices` is not given)."""
 
 
+BATCH_DISCOUNT = 0.5
+"""Turns answered through the provider's Batch API (`via: batch`) cost this share of the list
+price unless the price table says otherwise (`batch_input`, `batch_output`): OpenAI's is half."""
+
+
 @dataclass(frozen=True)
 class Price:
     input: float  # USD per 1M prompt tokens
     output: float  # USD per 1M completion tokens
+    batch_input: float | None = None  # through the Batch API (None: BATCH_DISCOUNT × input)
+    batch_output: float | None = None
+
+    def usd(self, prompt: int, completion: int, batch: bool = False) -> float:
+        if not batch:
+            return (prompt * self.input + completion * self.output) / 1e6
+        bi = self.batch_input if self.batch_input is not None else self.input * BATCH_DISCOUNT
+        bo = self.batch_output if self.batch_output is not None else self.output * BATCH_DISCOUNT
+        return (prompt * bi + completion * bo) / 1e6
 
 
 DEFAULT_PRICES: dict[str, Price] = {
@@ -69,6 +87,7 @@ class CostEstimate:
     usd: float = 0.0
     by_model: dict[str, float] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)  # model -> total tokens not priced
+    batch_saving: float = 0.0  # what the Batch API turns saved against direct calls
     grading_usd: float = 0.0  # the part of `usd` spent by graders (`grader_usage`), included above
 
     @property
@@ -81,6 +100,8 @@ class CostEstimate:
         if not self.by_model:
             return f"unknown (no price for: {missing})" if missing else format_usd(0.0)
         text = format_usd(self.usd)
+        if self.batch_saving > 0:
+            text += f" (Batch API: {format_usd(self.batch_saving)} saved against direct calls)"
         return f"{text} + unknown (no price for: {missing})" if missing else text
 
 
@@ -92,15 +113,29 @@ def format_usd(usd: float) -> str:
 
 
 def estimate(records: Iterable[Record], table: PriceTable) -> CostEstimate:
-    """The cost of the conversations and of their grading (`grader_usage`, priced per model)."""
+    """The cost of the conversations (Batch API turns at the batch price) and of their grading
+    (`grader_usage`, priced per model)."""
     est = CostEstimate()
     for r in records:
-        est.usd += _add(est, table, r["model"], r["usage"])
+        model, usage = r["model"], r["usage"]
+        price = table.lookup(model)
+        usd = _add(est, table, model, usage)
+        if price is not None:
+            for t in r["turns"]:
+                if t.get("via") == "batch":  # priced at the batch price, and the difference is the saving
+                    u = t["usage"]
+                    saved = price.usd(u["prompt_tokens"], u["completion_tokens"]) - price.usd(
+                        u["prompt_tokens"], u["completion_tokens"], batch=True
+                    )
+                    usd -= saved
+                    est.by_model[model] -= saved
+                    est.batch_saving += saved
+        est.usd += usd
         grading = r.get("grader_usage")
-        for model, usage in (grading["by_model"] if grading else {}).items():
-            usd = _add(est, table, model, usage)
-            est.usd += usd
-            est.grading_usd += usd
+        for grader_model, grader_usage in (grading["by_model"] if grading else {}).items():
+            graded = _add(est, table, grader_model, grader_usage)
+            est.usd += graded
+            est.grading_usd += graded
     return est
 
 
@@ -109,9 +144,12 @@ def _add(est: CostEstimate, table: PriceTable, model: str, usage: Usage) -> floa
     if price is None:
         est.unknown[model] = est.unknown.get(model, 0) + usage["total_tokens"]
         return 0.0
-    usd = (usage["prompt_tokens"] * price.input + usage["completion_tokens"] * price.output) / 1e6
+    usd = price.usd(usage["prompt_tokens"], usage["completion_tokens"])
     est.by_model[model] = est.by_model.get(model, 0.0) + usd
     return usd
+
+
+_PRICE_KEYS = {"input", "output", "batch_input", "batch_output"}
 
 
 def load_prices(path: str | None = None) -> PriceTable:
@@ -144,10 +182,13 @@ def _read_price_file(path: Path) -> dict[str, Price]:
         raise UsageError(f"{path}: expected a mapping of model -> {{input: USD, output: USD}} per 1M tokens")
     out: dict[str, Price] = {}
     for model, entry in data.items():
-        if not isinstance(entry, dict) or set(entry) != {"input", "output"}:
+        if not isinstance(entry, dict) or not {"input", "output"} <= set(entry) <= _PRICE_KEYS:
             raise UsageError(f"{path}: {model}: expected {{input: USD, output: USD}} per 1M tokens")
-        values = [entry["input"], entry["output"]]
+        values = [entry[k] for k in ("input", "output", "batch_input", "batch_output") if k in entry]
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in values):
             raise UsageError(f"{path}: {model}: prices must be numbers >= 0 (USD per 1M tokens)")
-        out[str(model)] = Price(float(values[0]), float(values[1]))
+        batch = [entry.get(k) for k in ("batch_input", "batch_output")]
+        out[str(model)] = Price(
+            float(entry["input"]), float(entry["output"]), *(None if v is None else float(v) for v in batch)
+        )
     return out

@@ -1,6 +1,6 @@
 """`runner run`: inline or queued execution, the simulated environment, progress.
 
-    run_job(path, RunOptions(...)) -> RunOutcome
+run_job(path, RunOptions(...)) -> RunOutcome
 """
 
 from runner.run.job import run_job

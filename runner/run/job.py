@@ -23,9 +23,18 @@ def run_job(job_path: str, options: RunOptions, settings: Settings | None = None
     settings = settings or Settings.from_env()
     job = load_job(job_path)  # raises JobFileError (exit 2) before anything is sent
     tasks = expand(job)
+    if options.batch_api or job.batch_api:
+        from runner.queue.batch_api import endpoint_of
+
+        for api in {t.api for t in tasks}:
+            endpoint_of(api)  # assistants: exit 2 before anything starts
     with contextlib.ExitStack() as stack:
         if options.simulate:
             settings = stack.enter_context(simulated_environment(job, settings))
+        if options.batch_api or job.batch_api:
+            from runner.run.batch_api import run_batch_api
+
+            return run_batch_api(job, tasks, options, settings)
         if options.inline:
             return run_inline(job, tasks, options, settings)
         return run_batch(job, tasks, options, settings)

@@ -19,6 +19,7 @@ class RunOptions:
     junit: str | None = None
     html: str | None = None
     fail_under: float | None = None
+    batch_api: bool = False  # through the provider's Batch API (also the job key `batch_api: true`)
     progress: bool = True
     progress_to: TextIO | None = None  # where the live progress line goes (the CLI: stderr); None: nowhere
 

@@ -38,4 +38,5 @@ def __getattr__(name: str) -> Any:
         return getattr(server, name)
     raise AttributeError(name)
 
+
 __all__ = ["Rule", "RunningSimulator", "SimulatorConfig", "SimulatorRules", "load_rules", "start_simulator"]

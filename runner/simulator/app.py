@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runner.simulator import assistants, chat, conversations, models, responses
+from runner.simulator import assistants, batches, chat, conversations, files, models, responses
 from runner.simulator.core import Simulator
 from runner.simulator.http import RAW_SEND_KEY, endpoint, json_response
 
@@ -31,8 +31,15 @@ class _KeepRawSend:
 
 def build_app(sim: Simulator) -> ASGIApp:
     routes: list[Any] = []
-    modules = ((assistants, True), (conversations, False), (responses, False), (chat, False), (models, False))
-    for module, beta in modules:
+    for module, beta in (
+        (assistants, True),
+        (conversations, False),
+        (responses, False),
+        (chat, False),
+        (models, False),
+        (files, False),
+        (batches, False),
+    ):
         for path, handlers in module.routes():
             template = "/v1" + path
             routes.append(Route(template, endpoint(sim, template, handlers, beta), methods=METHODS))

@@ -68,6 +68,12 @@ object is created (run, response, message, completion) but the answer is lost (d
 VALIDATE_ENV = "RUNNER_SIMULATOR_VALIDATE"
 """`RUNNER_SIMULATOR_VALIDATE=1`: every simulator (also in child processes) checks its own answers
 against OpenAI's response schemas and counts violations in its stats."""
+DEFAULT_BATCH_LATENCY_S = 2.0
+"""How long a provider batch (`/v1/batches`) takes from creation to `completed`: the compressed
+clock of the Batch API (OpenAI promises 24 hours)."""
+
+BATCH_WINDOW_FACTOR = 4.0
+"""A batch's `expires_at` is `created_at` + this × `batch_latency_s` (its compressed 24 h window)."""
 
 KeyPredicate = Callable[[str], bool]
 
@@ -106,6 +112,9 @@ class SimulatorConfig:
     fault_after_share: float = DEFAULT_FAULT_AFTER_SHARE
     validate_requests: bool = True
     validate_responses: bool = field(default_factory=validate_from_env)
+    batch_latency_s: float = DEFAULT_BATCH_LATENCY_S
+    batch_fault_rate: float = 0.0  # share of batch lines answered with a 500 in the error file
+    batch_expire_rate: float = 0.0  # share of batches that expire with half their lines unrun
 
     def __post_init__(self) -> None:
         problems = []
@@ -133,6 +142,11 @@ class SimulatorConfig:
             problems.append("max_body_bytes must be >= 1")
         if not 0.0 <= self.fault_after_share <= 1.0:
             problems.append("fault_after_share must be between 0 and 1")
+        if self.batch_latency_s < 0:
+            problems.append("batch_latency_s must be >= 0")
+        for name in ("batch_fault_rate", "batch_expire_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1")
         if problems:
             raise UsageError("invalid simulator configuration: " + "; ".join(problems))
 

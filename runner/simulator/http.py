@@ -280,7 +280,8 @@ def endpoint(
                     code="invalid_beta",  # OpenAI's code for this refusal (param null)
                 )
             call = Call(sim, request, key, now, extra)
-            if method == "POST":
+            multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+            if method == "POST" and not multipart:  # a file upload is read by its own handler
                 sent = await call.body()
                 if check_requests:
                     _check_body(sim, method, spec_route, sent)

@@ -92,7 +92,6 @@ class TurnResult:
             self.usage[k] += usage[k]
 
 
-
 class Conversation(ABC):
     """One conversation in flight: a thread, a conversation object, or (chat) our own history."""
 

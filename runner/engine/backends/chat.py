@@ -112,7 +112,10 @@ class ChatConversation(Conversation):
         self.history = [*pending, {"role": "assistant", "content": reply.text}]
 
     def _request(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        task = self.task
+        return chat_request(self.task, messages)
+
+    @staticmethod
+    def _request_of(task: ConversationTask, messages: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {"model": task.model, "messages": messages}
         if task.assistant.tools:
             body["tools"] = [dict(t) for t in task.assistant.tools]
@@ -191,3 +194,13 @@ class ChatConversation(Conversation):
         reply.text = "".join(text)
         reply.tool_calls = [calls[i] for i in sorted(calls)]
         return reply
+
+
+def chat_request(task: ConversationTask, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of one chat completion for `task` (a direct request, or a Batch API line's body)."""
+    return ChatConversation._request_of(task, messages)
+
+
+def parse_completion(completion: Any) -> _Reply:
+    """What a turn needs of a ChatCompletion (the SDK's object, or one built from a batch output line)."""
+    return ChatConversation._parse(completion)

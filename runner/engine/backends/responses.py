@@ -202,8 +202,14 @@ class ResponsesConversation(Conversation):
     # -- requests -----------------------------------------------------------------------------
 
     def _body(self, turn_input: list[dict[str, Any]]) -> dict[str, Any]:
-        spec = self.task.assistant
-        body: dict[str, Any] = {"model": self.task.model, "conversation": self.thread_id, "input": turn_input}
+        return response_request(self.task, turn_input, {"conversation": self.thread_id})
+
+    @staticmethod
+    def _body_of(
+        task: ConversationTask, turn_input: list[dict[str, Any]], context: dict[str, Any]
+    ) -> dict[str, Any]:
+        spec = task.assistant
+        body: dict[str, Any] = {"model": task.model, **context, "input": turn_input}
         if spec.instructions:
             body["instructions"] = spec.instructions
         if spec.tools:
@@ -361,3 +367,15 @@ class ResponsesConversation(Conversation):
                 if users == self.user_messages + 1:
                     mine = i
         return mine
+
+
+def response_request(
+    task: ConversationTask, turn_input: list[dict[str, Any]], context: dict[str, Any]
+) -> dict[str, Any]:
+    """The body of one response for `task`; `context` names the history (`conversation` or
+    `previous_response_id`). Used by direct turns and by Batch API lines."""
+    return ResponsesConversation._body_of(task, turn_input, context)
+
+
+ResponseOutcome = _Outcome
+"""What a turn needs of one response (`ResponseOutcome.of(response)`), for batch output lines too."""

@@ -110,4 +110,3 @@ def by_name(client: openai.OpenAI, caller: Caller, pages: int | None = None) -> 
         if not page.data or page.has_more is False or (pages is not None and n >= pages):
             return found
         after = page.data[-1].id
-
