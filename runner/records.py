@@ -41,9 +41,14 @@ PASSED, FAILED, ERROR, NO_CHECKS = Outcome.PASSED, Outcome.FAILED, Outcome.ERROR
 
 
 class Usage(TypedDict):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    """Token counts as the server reported them; None where it reported none (unknown, never 0)."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class ToolCallRecord(TypedDict):
@@ -101,11 +106,26 @@ class Record(TypedDict):
 
 
 def empty_usage() -> Usage:
+    """Nothing spent yet (known zeros)."""
     return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
+def unknown_usage() -> Usage:
+    """A reply whose usage the server did not report."""
+    return {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+
+
 def add_usage(a: Usage, b: Usage) -> Usage:
-    return {k: a[k] + b[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}  # type: ignore[return-value]
+    """The sum, key by key; unknown (None) if either side is: a conversation with one turn of
+    unknown usage has an unknown total (a partial sum would pass for the whole)."""
+    def plus(x: int | None, y: int | None) -> int | None:
+        return None if x is None or y is None else x + y
+
+    return {
+        "prompt_tokens": plus(a["prompt_tokens"], b["prompt_tokens"]),
+        "completion_tokens": plus(a["completion_tokens"], b["completion_tokens"]),
+        "total_tokens": plus(a["total_tokens"], b["total_tokens"]),
+    }
 
 
 def outcome(record: Record) -> Outcome:

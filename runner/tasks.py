@@ -40,7 +40,7 @@ class AssistantSpec(_Frozen):
     seed: int | None = None
     stop: str | list[str] | None = None
     response_format: dict[str, Any] | None = None  # {type, name, description, schema, strict}
-    tool_choice: str | dict[str, Any] | None = None  # none | auto | required | {type: function, function: {name}}
+    tool_choice: str | dict[str, Any] | None = None  # none|auto|required|{type: function, function: {name}}
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
     extra_body: dict[str, Any] = {}

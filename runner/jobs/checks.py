@@ -153,6 +153,8 @@ def _max_latency_ms(turn: TurnRecord, value: int) -> Verdict:
 
 def _max_tokens(turn: TurnRecord, value: int) -> Verdict:
     used = turn["usage"]["completion_tokens"]
+    if used is None:
+        return False, f"expected at most {value} completion tokens; usage is unknown (none reported)"
     ok = used <= value
     return ok, None if ok else f"expected at most {value} completion tokens; the reply used {used}"
 

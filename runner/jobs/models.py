@@ -119,7 +119,7 @@ class ResponseFormat(_Model):
 
     type: Literal["json_schema", "json_object", "text"] = Field(description="Output format.")
     name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="json_schema: the format's name (letters, digits, _ -)."
+        None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="json_schema: its name (letters, digits, _ -)."
     )
     description: str | None = Field(None, description="json_schema: what the format is for, for the model.")
     schema_: dict[str, Any] | None = Field(None, alias="schema", description="json_schema: the JSON Schema.")
@@ -134,7 +134,8 @@ class ResponseFormat(_Model):
     def _fields_of_type(self) -> ResponseFormat:
         if self.type == "json_schema" and (self.name is None or self.schema_ is None):
             raise ValueError("a json_schema response_format needs `name` and `schema`")
-        if self.type != "json_schema" and (self.name, self.description, self.schema_, self.strict) != (None,) * 4:
+        options = (self.name, self.description, self.schema_, self.strict)
+        if self.type != "json_schema" and options != (None,) * 4:
             raise ValueError(f"a {self.type} response_format takes no name, description, schema or strict")
         return self
 
@@ -166,7 +167,7 @@ class Assistant(_Model):
     )
     top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling, 0-1.")
     seed: int | None = Field(
-        None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Sampling seed (chat only: the other APIs have none)."
+        None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Sampling seed (chat only)."
     )
     stop: str | tuple[str, ...] | None = Field(
         None, description="Up to 4 stop sequences (chat only: the other APIs have none)."
@@ -200,7 +201,8 @@ class Assistant(_Model):
     def _extra_body(cls, v: dict[str, Any]) -> dict[str, Any]:
         for key in v:
             if key in EXTRA_BODY_OWN:
-                raise ValueError(f"{key!r} has a key of its own: set `{EXTRA_BODY_OWN[key]}:` on the assistant")
+                own = EXTRA_BODY_OWN[key]
+                raise ValueError(f"{key!r} has a key of its own: set `{own}:` on the assistant")
             if key in EXTRA_BODY_RUNNER:
                 raise ValueError(f"{key!r} is sent by the runner itself and cannot be overridden")
         return v

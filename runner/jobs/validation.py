@@ -33,10 +33,10 @@ from runner.jobs.models import (
     MATRIX_KEYS,
     REASONING_EFFORTS,
     SEED_RANGE,
-    FunctionChoice,
     VAR_PATTERN,
     Assistant,
     Conversation,
+    FunctionChoice,
     Job,
     Loc,
     Turn,
@@ -332,7 +332,8 @@ class Checker:
             stateless = [api.value for api in apis if api is not Api.ASSISTANTS]
             for name in ("tool_choice", "parallel_tool_calls"):
                 if getattr(a, name) is not None and not a.tools and stateless:
-                    self.problem(("assistants", key, name), f"the {stateless[0]} API takes it only with `tools`")
+                    what = f"the {stateless[0]} API takes it only with `tools`"
+                    self.problem(("assistants", key, name), what)
             choice = a.tool_choice
             functions = [t.function.name for t in a.tools if t.function is not None]
             if a.id is not None and not a.tools:
@@ -349,7 +350,7 @@ class Checker:
                 for api in apis:
                     problem = generation_problem(api, name, value)
                     if name == "reasoning_effort" and api is Api.ASSISTANTS:
-                        problem = "the assistants API sets reasoning_effort on the assistant: it cannot vary per run"
+                        problem = "the assistants API sets reasoning_effort on the assistant, not per run"
                     if problem:
                         self.problem(("matrix", name, n), problem)
                         break
@@ -430,7 +431,8 @@ class Checker:
             if not re.match(VAR_PATTERN, key):
                 self.problem(
                     ("matrix", key),
-                    f"{key!r} is not a variable name (letters, digits, _) nor one of {', '.join(MATRIX_KEYS)}",
+                    f"{key!r} is not a variable name (letters, digits, _) nor one of "
+                    + ", ".join(MATRIX_KEYS),
                 )
             if not values:
                 self.problem(("matrix", key), "list at least one value")

@@ -21,7 +21,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 
-from runner.records import Record, TurnRecord
+from runner.records import USAGE_KEYS, Record, TurnRecord
 from runner.reports.pricing import CostEstimate, PriceTable, estimate, format_usd, load_prices
 from runner.reports.summary import (
     ERROR,
@@ -36,10 +36,13 @@ from runner.reports.summary import (
     error_line,
     flaky,
     format_ms,
+    known_sum,
     outcome,
     percentile,
     repeat_groups,
     summarize,
+    tokens_text,
+    tokens_total_text,
     turn_latencies,
 )
 
@@ -133,7 +136,7 @@ def _figures(records: Sequence[Record], prices: PriceTable) -> str:
         figures.append(_figure("no-checks", "without checks", str(s.no_checks)))
     figures += [
         _figure("pass-rate", f"pass rate ({s.passed}/{judged})", f"{s.pass_rate:.1%}" if judged else "-"),
-        _figure("tokens", "tokens", f"{s.tokens:,}"),
+        _figure("tokens", "tokens", tokens_total_text(s)),
         _cost_figure(estimate(records, prices)),
         _figure("p50", "latency p50 per turn", format_ms(percentile(lats, 50))),
         _figure("p95", "latency p95 per turn", format_ms(percentile(lats, 95))),
@@ -220,6 +223,15 @@ def _histogram_panel(records: Sequence[Record]) -> str:
     return f'<div class="panel" id="latency"><h2>Latency per turn</h2>{svg}</div>'
 
 
+def _tokens_cell(records: Sequence[Record], key: str) -> str:
+    """A column's sum; `+ unknown` when some conversations reported no usage."""
+    unknown = sum(r["usage"].get(key) is None for r in records)
+    if unknown == len(records) and records:
+        return "unknown"
+    known = f"{known_sum(records, key):,}"
+    return f"{known} + unknown" if unknown else known
+
+
 def _tokens_panel(records: Sequence[Record], prices: PriceTable) -> str:
     models = sorted({r["model"] for r in records})
     rows: list[str] = []
@@ -228,15 +240,10 @@ def _tokens_panel(records: Sequence[Record], prices: PriceTable) -> str:
         if model is None and len(models) < 2 and rows:
             break  # a single model: its row is the total already
         price = short_cost(estimate(subset, prices))
-        cells = [
-            sum(r["usage"]["prompt_tokens"] for r in subset),
-            sum(r["usage"]["completion_tokens"] for r in subset),
-            sum(r["usage"]["total_tokens"] for r in subset),
-        ]
+        cells = [_tokens_cell(subset, key) for key in USAGE_KEYS]
         name = "total" if model is None else model
-        rows.append(
-            f"<tr><th>{e(name)}</th>{''.join(f'<td>{c:,}</td>' for c in cells)}<td>{e(price)}</td></tr>"
-        )
+        tds = "".join(f"<td>{c}</td>" for c in cells)
+        rows.append(f"<tr><th>{e(name)}</th>{tds}<td>{e(price)}</td></tr>")
     missing = estimate(records, prices).unknown
     unpriced = (
         f'<p class="note">No price for: {e(", ".join(sorted(missing)))} (shown as unknown, not zero).</p>'
@@ -286,7 +293,7 @@ def _conversations(records: Sequence[Record]) -> str:
             f"<td>{e(r['model'])}</td><td>{e(r['status'])}</td><td class=num>{len(r['turns'])}</td>"
             f"<td class=num>{checks_cell(r)}</td>"
             f"<td class=num>{e(format_ms(conversation_ms(r)))}</td>"
-            f"<td class=num>{r['usage']['total_tokens']:,}</td></tr>"
+            f"<td class=num>{tokens_text(r['usage']['total_tokens'])}</td></tr>"
             f'<tr class="detail" id="d{i}" hidden><td colspan="8">{_detail(r)}</td></tr>'
         )
     options = "".join(
@@ -336,7 +343,7 @@ def _detail(r: Record) -> str:
 
 def _turn(t: TurnRecord) -> str:
     usage = t.get("usage") or {}
-    stats = f"{format_ms(t['latency_ms'])} · {usage.get('total_tokens', 0)} tokens"
+    stats = f"{format_ms(t['latency_ms'])} · {tokens_text(usage.get('total_tokens'))} tokens"
     if t.get("run_status") and t["run_status"] != "completed":
         stats += f" · run {t['run_status']}"
     calls = "".join(

@@ -69,18 +69,23 @@ class CostEstimate:
     usd: float = 0.0
     by_model: dict[str, float] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)  # model -> total tokens not priced
+    no_usage: int = 0  # priced conversations whose usage the server did not report
 
     @property
     def complete(self) -> bool:
-        return not self.unknown
+        return not self.unknown and not self.no_usage
 
     def describe(self) -> str:
         """One line: `$0.0123`, `$0.0123 + unknown (no price for: m1, m2)` or `unknown (...)`."""
-        missing = ", ".join(sorted(self.unknown))
+        why = []
+        if self.unknown:
+            why.append(f"no price for: {', '.join(sorted(self.unknown))}")
+        if self.no_usage:
+            why.append(f"{self.no_usage} conversation{'s' if self.no_usage != 1 else ''} without usage")
         if not self.by_model:
-            return f"unknown (no price for: {missing})" if missing else format_usd(0.0)
+            return f"unknown ({'; '.join(why)})" if why else format_usd(0.0)
         text = format_usd(self.usd)
-        return f"{text} + unknown (no price for: {missing})" if missing else text
+        return f"{text} + unknown ({'; '.join(why)})" if why else text
 
 
 def format_usd(usd: float) -> str:
@@ -96,9 +101,13 @@ def estimate(records: Iterable[Record], table: PriceTable) -> CostEstimate:
         model, usage = r["model"], r["usage"]
         price = table.lookup(model)
         if price is None:
-            est.unknown[model] = est.unknown.get(model, 0) + usage["total_tokens"]
+            est.unknown[model] = est.unknown.get(model, 0) + (usage["total_tokens"] or 0)
             continue
-        usd = (usage["prompt_tokens"] * price.input + usage["completion_tokens"] * price.output) / 1e6
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        if prompt is None or completion is None:
+            est.no_usage += 1
+            continue
+        usd = (prompt * price.input + completion * price.output) / 1e6
         est.usd += usd
         est.by_model[model] = est.by_model.get(model, 0.0) + usd
     return est

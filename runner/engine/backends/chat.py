@@ -33,7 +33,7 @@ from runner.engine.backends.base import (
 from runner.engine.backends.params import chat_params
 from runner.engine.retry import Caller
 from runner.errors import BackendError
-from runner.records import ToolCallRecord
+from runner.records import ToolCallRecord, unknown_usage
 from runner.tasks import Api, ConversationTask
 
 MAX_TOOL_ROUNDS = 16
@@ -78,6 +78,7 @@ class ChatConversation(Conversation):
             try:
                 reply = self._complete(pending, estimate, deadline, first=round_ == 0)
             except Overdue as e:
+                result.add_usage(unknown_usage())  # the server may have generated and counted tokens
                 result.status = result.run_status = "cancelled"
                 result.error = f"{e}: request abandoned"
                 return
