@@ -7,8 +7,11 @@ repeat, in file order, with stable ids like `refund-bot/refund-basic#model=gpt-4
 
 Decisions beyond the contract:
 - `{{var}}` values come from the conversation's `vars`, then its dataset row, then matrix keys
-  other than `model`/`api`/`temperature` (later ones win). Only user turns and check values are
-  rendered (strings, also inside mappings/lists), never instructions.
+  other than `MATRIX_KEYS` (model, api, temperature and the generation parameters; later ones
+  win). Only user turns and check values are rendered (strings, also inside mappings/lists),
+  never instructions.
+- Generation parameters (`max_output_tokens`, `seed`, …) are checked against every API the job
+  runs on (`runner.jobs.validation`): an API without the parameter is an error at its line.
 - A `tool_outputs` key naming no function tool of the conversation's assistant is an error (a
   typo would leave the run without an output); not checked for an assistant with `id` and no
   `tools`, whose tools live on the server.
@@ -212,8 +215,6 @@ class Assistant(_Model):
         data = self.model_dump(
             mode="json", by_alias=True, exclude_none=True, include=set(GENERATION_FIELDS)
         )
-        if isinstance(data.get("stop"), list):
-            data["stop"] = list(data["stop"])
         return data
 
 
