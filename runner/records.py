@@ -41,9 +41,14 @@ PASSED, FAILED, ERROR, NO_CHECKS = Outcome.PASSED, Outcome.FAILED, Outcome.ERROR
 
 
 class Usage(TypedDict):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    """Token counts as the server reported them; None where it reported none (unknown, never 0)."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class ToolCallRecord(TypedDict):
@@ -68,9 +73,9 @@ class CheckResult(TypedDict):
 class GraderUsage(TypedDict):
     """What grading (judge and similar checks) cost, apart from the conversation's own usage."""
 
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    prompt_tokens: int | None  # None: a grading answer came without usage
+    completion_tokens: int | None
+    total_tokens: int | None
     requests: int
     by_model: dict[str, Usage]  # for pricing: judge and embeddings models differ
 
@@ -122,11 +127,31 @@ class Record(TypedDict):
 
 
 def empty_usage() -> Usage:
+    """Nothing spent yet (known zeros)."""
     return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
+def unknown_usage() -> Usage:
+    """A reply whose usage the server did not report."""
+    return {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+
+
 def add_usage(a: Usage, b: Usage) -> Usage:
-    return {k: a[k] + b[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}  # type: ignore[return-value]
+    """The sum, key by key; unknown (None) if either side is: a conversation with one turn of
+    unknown usage has an unknown total (a partial sum would pass for the whole)."""
+    def plus(x: int | None, y: int | None) -> int | None:
+        return None if x is None or y is None else x + y
+
+    return {
+        "prompt_tokens": plus(a["prompt_tokens"], b["prompt_tokens"]),
+        "completion_tokens": plus(a["completion_tokens"], b["completion_tokens"]),
+        "total_tokens": plus(a["total_tokens"], b["total_tokens"]),
+    }
+
+
+def _tokens_of(g: GraderUsage) -> Usage:
+    return {"prompt_tokens": g["prompt_tokens"], "completion_tokens": g["completion_tokens"],
+            "total_tokens": g["total_tokens"]}  # fmt: skip
 
 
 def add_grader_usage(a: GraderUsage | None, b: GraderUsage | None) -> GraderUsage | None:
@@ -136,13 +161,8 @@ def add_grader_usage(a: GraderUsage | None, b: GraderUsage | None) -> GraderUsag
     by_model: dict[str, Usage] = dict(a["by_model"])
     for m, u in b["by_model"].items():
         by_model[m] = add_usage(by_model[m], u) if m in by_model else u
-    return {
-        "prompt_tokens": a["prompt_tokens"] + b["prompt_tokens"],
-        "completion_tokens": a["completion_tokens"] + b["completion_tokens"],
-        "total_tokens": a["total_tokens"] + b["total_tokens"],
-        "requests": a["requests"] + b["requests"],
-        "by_model": by_model,
-    }
+    tokens = add_usage(_tokens_of(a), _tokens_of(b))
+    return {**tokens, "requests": a["requests"] + b["requests"], "by_model": by_model}
 
 
 def outcome(record: Record) -> Outcome:

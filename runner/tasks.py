@@ -33,6 +33,17 @@ class AssistantSpec(_Frozen):
     instructions: str | None = None
     temperature: float | None = None
     tools: tuple[dict[str, Any], ...] = ()
+    # Generation parameters, in the job file's shape; each backend maps them to its API's fields
+    # (`runner.engine.backends.params`). None: not sent, the server's default applies.
+    max_output_tokens: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    response_format: dict[str, Any] | None = None  # {type, name, description, schema, strict}
+    tool_choice: str | dict[str, Any] | None = None  # none|auto|required|{type: function, function: {name}}
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    extra_body: dict[str, Any] = {}
 
 
 class CheckSpec(_Frozen):

@@ -112,7 +112,7 @@ def test_cli_jobs_schema(in_root: None) -> None:
     assert schema["title"] == "assistant-runner job file"
     assert set(schema["required"]) == {"name", "assistants", "conversations"}
     models = [schema, *(d for d in schema["$defs"].values() if d.get("type") == "object")]
-    assert len(models) == 16  # the job and its 15 models (Api is an enum)
+    assert len(models) == 19  # the job and its 18 models (Api is an enum)
     for obj in models:
         assert obj["additionalProperties"] is False, obj.get("title")
     for obj in _objects(schema):

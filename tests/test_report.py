@@ -196,8 +196,8 @@ BAD_LINES = [
     ),
     (_mutated(passed="yes"), 'passed: expected true/false or null, got "yes"'),
     (_mutated(turns={}), "turns: expected a list, got {}"),
-    (_mutated(usage__total_tokens=-1), "usage.total_tokens: expected a count, got -1"),
-    (_mutated(usage__prompt_tokens=True), "usage.prompt_tokens: expected a count, got true"),
+    (_mutated(usage__total_tokens=-1), "usage.total_tokens: expected a count or null, got -1"),
+    (_mutated(usage__prompt_tokens=True), "usage.prompt_tokens: expected a count or null, got true"),
     (
         _mutated(turns__0__latency_ms="fast"),
         'turns[0].latency_ms: expected an integer or a number or null, got "fast"',

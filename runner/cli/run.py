@@ -92,13 +92,14 @@ def finish_run(result: RunOutcome, options: RunOptions, settings: Settings | Non
     settings = settings or Settings.from_env()
     from runner.reports.files import write_reports
     from runner.reports.pricing import DEFAULT_PRICES, PriceTable, load_prices
-    from runner.reports.summary import MARK, exit_code, outcome, problems, summarize
+    from runner.reports.summary import MARK, exit_code, outcome, problems, summarize, tokens_total_text
 
     records: list[Record] = result.records
     s = summarize(records)
     click.echo(
         f"{s.conversations} conversations: {s.passed} passed, {s.failed} failed, {s.errors} errors"
-        f"{f', {s.no_checks} without checks' if s.no_checks else ''}; {s.tokens} tokens; {result.wall_s:.1f}s"
+        f"{f', {s.no_checks} without checks' if s.no_checks else ''}; {tokens_total_text(s)} tokens; "
+        f"{result.wall_s:.1f}s"
     )
     click.echo(f"transcripts: {result.output}")
     bad = [r for r in records if outcome(r) in (FAILED, ERROR)]

@@ -30,7 +30,16 @@ from runner.engine.backends.base import MissingToolOutput, parse_arguments, tool
 from runner.engine.backends.chat import MAX_TOOL_ROUNDS, chat_request, parse_completion
 from runner.engine.backends.responses import TRANSIENT_ERRORS, ResponseOutcome, response_request
 from runner.jobs.checks import evaluate_turn
-from runner.records import Record, ToolCallRecord, TurnRecord, Usage, empty_usage, new_record, utc_stamp
+from runner.records import (
+    Record,
+    ToolCallRecord,
+    TurnRecord,
+    Usage,
+    add_usage,
+    empty_usage,
+    new_record,
+    utc_stamp,
+)
 from runner.tasks import Api, ConversationTask
 
 ENDPOINTS = {Api.CHAT: "/v1/chat/completions", Api.RESPONSES: "/v1/responses"}
@@ -99,7 +108,8 @@ def _begin_turn(task: ConversationTask, state: LineState) -> None:
 def request_body(task: ConversationTask, state: LineState) -> dict[str, Any]:
     """The body of the conversation's next line."""
     if task.api is Api.CHAT:
-        return chat_request(task, [*state.history, *state.pending])
+        first = not any(m.get("role") == "tool" for m in state.pending)  # not answering tool calls
+        return chat_request(task, [*state.history, *state.pending], first)
     context = {"previous_response_id": state.previous_response_id} if state.previous_response_id else {}
     return response_request(task, state.pending, context)
 
@@ -222,8 +232,7 @@ def cancel(task: ConversationTask, state: LineState, why: str) -> None:
 
 
 def _add_usage(state: LineState, usage: Usage) -> None:
-    for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        state.usage[k] += usage[k]
+    state.usage = add_usage(state.usage, usage)
 
 
 def _finish_turn(

@@ -38,7 +38,15 @@ from runner.errors import BackendError, FatalAPIError
 from runner.jobs.graded import DEFAULT_PYTHON_PASS_AT
 from runner.jobs.pychecks import PythonCheckError, load_function
 from runner.jobs.templating import render
-from runner.records import CheckResult, GraderUsage, TurnRecord, Usage, add_grader_usage
+from runner.records import (
+    CheckResult,
+    GraderUsage,
+    TurnRecord,
+    Usage,
+    add_grader_usage,
+    add_usage,
+    empty_usage,
+)
 from runner.settings import Settings
 from runner.tasks import CheckSpec, ConversationTask, GraderSpec
 
@@ -222,9 +230,9 @@ class Grader:
 def conversation_turn(turns: Sequence[TurnRecord]) -> TurnRecord:
     """The whole conversation as one turn, for its own `expect:`: every reply (joined by blank
     lines), every tool call, the summed usage and latency, the last user message."""
-    usage = {
-        k: sum(t["usage"][k] for t in turns) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-    }
+    usage = empty_usage()
+    for t in turns:
+        usage = add_usage(usage, t["usage"])
     latencies = [t["latency_ms"] for t in turns]
     replies = [t["assistant"] for t in turns if t["assistant"] is not None]
     return {
@@ -234,7 +242,7 @@ def conversation_turn(turns: Sequence[TurnRecord]) -> TurnRecord:
         "run_id": None,
         "run_status": "completed",
         "tool_calls": [c for t in turns for c in t["tool_calls"]],
-        "usage": usage,  # type: ignore[typeddict-item]
+        "usage": usage,
         "latency_ms": None if None in latencies else sum(x for x in latencies if x is not None),
         "checks": [],
     }

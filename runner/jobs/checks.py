@@ -163,6 +163,8 @@ def _max_latency_ms(turn: TurnRecord, value: int) -> Verdict:
 
 def _max_tokens(turn: TurnRecord, value: int) -> Verdict:
     used = turn["usage"]["completion_tokens"]
+    if used is None:
+        return False, f"expected at most {value} completion tokens; usage is unknown (none reported)"
     ok = used <= value
     return ok, None if ok else f"expected at most {value} completion tokens; the reply used {used}"
 
@@ -185,6 +187,8 @@ def _max_length(turn: TurnRecord, value: int) -> Verdict:
 
 def _max_total_tokens(turn: TurnRecord, value: int) -> Verdict:
     used = turn["usage"]["total_tokens"]
+    if used is None:
+        return False, f"expected at most {value} tokens in all; usage is unknown (none reported)"
     ok = used <= value
     return ok, None if ok else f"expected at most {value} tokens in all; used {used}"
 

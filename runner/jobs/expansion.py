@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from runner.errors import Problem
 from runner.jobs.checks import check_value_problem
 from runner.jobs.datasets import Row
-from runner.jobs.models import MATRIX_KEYS, TEMPLATE, Assistant, Conversation, Loc
+from runner.jobs.models import GENERATION_MATRIX_KEYS, MATRIX_KEYS, TEMPLATE, Assistant, Conversation, Loc
 from runner.jobs.templating import fill, fmt, names_in, render
 from runner.jobs.yamlload import where
 from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, GraderSpec, TurnSpec
@@ -75,7 +75,7 @@ class Expansion:
         ]
         matrix_vars = {k for k in keys if k not in MATRIX_KEYS}
         tasks: list[ConversationTask] = []
-        specs: dict[tuple[str, str, float | None], AssistantSpec] = {}
+        specs: dict[tuple[Any, ...], AssistantSpec] = {}
         for i, conv in parts.conversations:
             key, dataset = assistant_of.get(i), datasets.get(i)
             assistant = parts.assistants.get(key or "")
@@ -130,12 +130,15 @@ class Expansion:
         parts = self.checker.parts
         model = combo.get("model") or assistant.model or parts.model or ""
         temperature = combo.get("temperature", assistant.temperature)
-        spec = specs.get((key, model, temperature))
+        overrides = {k: combo[k] for k in GENERATION_MATRIX_KEYS if k in combo}
+        at = (key, model, temperature, *sorted(overrides.items()))
+        spec = specs.get(at)
         if spec is None:
             tools = tuple(t.model_dump(exclude_none=True) for t in assistant.tools)
-            spec = specs[(key, model, temperature)] = AssistantSpec(
+            spec = specs[at] = AssistantSpec(
                 key=key, name=assistant.name or key, model=model, id=assistant.id,
                 instructions=assistant.instructions, temperature=temperature, tools=tools,
+                **{**assistant.generation(), **overrides},
             )  # fmt: skip
         api = Api(combo.get("api", parts.api))
         fixed = {"job": parts.name, "api": api, "model": model, "assistant": spec, "limits": parts.limits}

@@ -7,8 +7,11 @@ repeat, in file order, with stable ids like `refund-bot/refund-basic#model=gpt-4
 
 Decisions beyond the contract:
 - `{{var}}` values come from the conversation's `vars`, then its dataset row, then matrix keys
-  other than `model`/`api`/`temperature` (later ones win). Only user turns and check values are
-  rendered (strings, also inside mappings/lists), never instructions.
+  other than `MATRIX_KEYS` (model, api, temperature and the generation parameters; later ones
+  win). Only user turns and check values are rendered (strings, also inside mappings/lists),
+  never instructions.
+- Generation parameters (`max_output_tokens`, `seed`, …) are checked against every API the job
+  runs on (`runner.jobs.validation`): an API without the parameter is an error at its line.
 - A `tool_outputs` key naming no function tool of the conversation's assistant is an error (a
   typo would leave the run without an output); not checked for an assistant with `id` and no
   `tools`, whose tools live on the server.
@@ -22,7 +25,7 @@ import re
 import string
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import jsonschema
 from pydantic import (
@@ -47,14 +50,42 @@ VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 OUTPUT_PLACEHOLDERS = ("name", "batch", "date", "time")
 DEFAULT_OUTPUT = "runs/{name}/{batch}.jsonl"
-MATRIX_KEYS = ("model", "api", "temperature")
+GENERATION_MATRIX_KEYS = ("max_output_tokens", "top_p", "seed", "reasoning_effort")
+"""Generation parameters a matrix may vary (they override the assistant's)."""
+MATRIX_KEYS = ("model", "api", "temperature", *GENERATION_MATRIX_KEYS)
 """Matrix keys with a meaning of their own; any other matrix key is a variable."""
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+REASONING_EFFORTS: tuple[str, ...] = get_args(ReasoningEffort)
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+EXTRA_BODY_OWN = {
+    **{k: k for k in ("temperature", "tools", "instructions", "model", *GENERATION_MATRIX_KEYS)},
+    **{k: k for k in ("stop", "response_format", "tool_choice", "parallel_tool_calls")},
+    "max_completion_tokens": "max_output_tokens",
+    "reasoning": "reasoning_effort",
+    "text": "response_format",
+}
+"""Request fields an assistant sets with a key of its own (field → key), so not in `extra_body`."""
+EXTRA_BODY_RUNNER = frozenset(
+    {"messages", "input", "conversation", "previous_response_id", "stream", "stream_options", "background",
+     "metadata", "assistant_id", "thread", "additional_messages", "tool_outputs"}
+)  # fmt: skip
+"""Request fields the runner itself sends (a conversation would break if overridden)."""
 
 Loc = tuple[str | int, ...]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_schema(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`v` if it is a valid JSON Schema (or None); a ValueError saying why not otherwise."""
+    try:
+        v is None or jsonschema.validators.validator_for(v).check_schema(v)
+    except jsonschema.exceptions.SchemaError as e:
+        raise ValueError(f"invalid JSON Schema: {e.message[:200]}") from None
+    return v
 
 
 class FunctionDef(_Model):
@@ -68,11 +99,7 @@ class FunctionDef(_Model):
     @field_validator("parameters")
     @classmethod
     def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        try:
-            v is None or jsonschema.validators.validator_for(v).check_schema(v)
-        except jsonschema.exceptions.SchemaError as e:
-            raise ValueError(f"invalid JSON Schema: {e.message[:200]}") from None
-        return v
+        return check_schema(v)
 
 
 class Tool(_Model):
@@ -88,6 +115,44 @@ class Tool(_Model):
         return self
 
 
+class ResponseFormat(_Model):
+    """Structured output: `{type: json_schema, name, schema, strict}` (or `json_object`, `text`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["json_schema", "json_object", "text"] = Field(description="Output format.")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="json_schema: its name (letters, digits, _ -)."
+    )
+    description: str | None = Field(None, description="json_schema: what the format is for, for the model.")
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="json_schema: the JSON Schema.")
+    strict: bool | None = Field(None, description="json_schema: ask for strict schema adherence.")
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_schema(v)
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.name is None or self.schema_ is None):
+            raise ValueError("a json_schema response_format needs `name` and `schema`")
+        options = (self.name, self.description, self.schema_, self.strict)
+        if self.type != "json_schema" and options != (None,) * 4:
+            raise ValueError(f"a {self.type} response_format takes no name, description, schema or strict")
+        return self
+
+
+class FunctionChoice(_Model):
+    """`{type: function, function: {name}}`: the model must call this function."""
+
+    class Name(_Model):
+        name: str = Field(description="A function tool of this assistant.")
+
+    type: Literal["function"] = Field(description="Always function.")
+    function: Name = Field(description="The function to call.")
+
+
 class Assistant(_Model):
     """An assistant the conversations talk to."""
 
@@ -97,6 +162,66 @@ class Assistant(_Model):
     model: str | None = Field(None, min_length=1, description="Model (default: the job's `model`).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature, 0-2.")
     tools: tuple[Tool, ...] = Field((), description="Tools, OpenAI function-tool shape.")
+    max_output_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Cap on generated tokens per reply: `max_completion_tokens` on chat and runs (the "
+        "assistants API wants at least 256), `max_output_tokens` on responses (at least 16).",
+    )
+    top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling, 0-1.")
+    seed: int | None = Field(
+        None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Sampling seed (chat only)."
+    )
+    stop: str | tuple[str, ...] | None = Field(
+        None, description="Up to 4 stop sequences (chat only: the other APIs have none)."
+    )
+    response_format: ResponseFormat | None = Field(None, description="Structured output.")
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = Field(
+        None, description="none, auto, required, or `{type: function, function: {name}}`."
+    )
+    parallel_tool_calls: bool | None = Field(None, description="Allow several tool calls in one reply.")
+    reasoning_effort: ReasoningEffort | None = Field(
+        None, description="Reasoning models: " + ", ".join(REASONING_EFFORTS) + "."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Server-specific fields merged into every generation request (e.g. llama.cpp's "
+        "`max_tokens`, vLLM's `top_k`).",
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        items = (v,) if isinstance(v, str) else v or ()
+        if v is not None and not 1 <= len(items) <= 4:
+            raise ValueError(f"list 1 to 4 stop sequences, got {len(items)}")
+        if any(not s for s in items):
+            raise ValueError("a stop sequence is a non-empty string")
+        return v
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key in EXTRA_BODY_OWN:
+                own = EXTRA_BODY_OWN[key]
+                raise ValueError(f"{key!r} has a key of its own: set `{own}:` on the assistant")
+            if key in EXTRA_BODY_RUNNER:
+                raise ValueError(f"{key!r} is sent by the runner itself and cannot be overridden")
+        return v
+
+    def generation(self) -> dict[str, Any]:
+        """The generation parameters as `AssistantSpec` fields (JSON-shaped, unset ones left out)."""
+        data = self.model_dump(
+            mode="json", by_alias=True, exclude_none=True, include=set(GENERATION_FIELDS)
+        )
+        return data
+
+
+GENERATION_FIELDS = (
+    "max_output_tokens", "top_p", "seed", "stop", "response_format", "tool_choice", "parallel_tool_calls",
+    "reasoning_effort", "extra_body",
+)  # fmt: skip
 
 
 class Turn(_Model):
@@ -166,6 +291,10 @@ _MATRIX_SCHEMA: dict[str, Any] = {
         "model": _values({"type": "string"}, "Models to run."),
         "api": _values({"enum": [a.value for a in Api]}, "APIs to run on."),
         "temperature": _values({"type": "number", "minimum": 0, "maximum": 2}, "Temperatures (override)."),
+        "max_output_tokens": _values({"type": "integer", "minimum": 1}, "Output token caps (override)."),
+        "top_p": _values({"type": "number", "minimum": 0, "maximum": 1}, "top_p values (override)."),
+        "seed": _values({"type": "integer"}, "Seeds (override; chat only)."),
+        "reasoning_effort": _values({"enum": list(REASONING_EFFORTS)}, "Reasoning efforts (override)."),
     },
     "propertyNames": {"pattern": VAR_PATTERN},
     "additionalProperties": _values({"type": ["string", "number", "boolean"]}, "Values of a variable."),
@@ -226,8 +355,9 @@ class Job(_Model):
     conversations: tuple[Conversation, ...] = Field(min_length=1, description="Scripts of user turns.")
     matrix: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Run every conversation once per combination. Keys: `model`, `api`, `temperature`, or "
-        "any variable name (its values then fill `{{name}}` like a var).",
+        description="Run every conversation once per combination. Keys: `model`, `api`, `temperature`, "
+        "`max_output_tokens`, `top_p`, `seed`, `reasoning_effort`, or any variable name (its values then "
+        "fill `{{name}}` like a var).",
         json_schema_extra=_MATRIX_SCHEMA,
     )
     repeat: int = Field(1, ge=1, le=10_000, description="Runs of every conversation (flakiness, pass@k).")

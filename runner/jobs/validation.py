@@ -29,10 +29,14 @@ from runner.jobs.checks import Check
 from runner.jobs.datasets import DATASET_SUFFIXES, Row, read_dataset
 from runner.jobs.expansion import Expansion
 from runner.jobs.models import (
+    GENERATION_MATRIX_KEYS,
     MATRIX_KEYS,
+    REASONING_EFFORTS,
+    SEED_RANGE,
     VAR_PATTERN,
     Assistant,
     Conversation,
+    FunctionChoice,
     Grader,
     Job,
     Loc,
@@ -186,9 +190,22 @@ def _matrix_value_problem(key: str, value: Any) -> str | None:
         return None if value in apis else f"expected one of {', '.join(apis)}, got {value!r}{hint}"
     if key == "model":
         return None if isinstance(value, str) and value else f"a model is a non-empty string, got {value!r}"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
     if key == "temperature":
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 2
+        ok = number and 0 <= value <= 2
         return None if ok else f"a temperature is a number from 0 to 2, got {value!r}"
+    if key == "top_p":
+        return None if number and 0 <= value <= 1 else f"a top_p is a number from 0 to 1, got {value!r}"
+    if key == "max_output_tokens":
+        ok = number and isinstance(value, int) and value > 0
+        return None if ok else f"max_output_tokens is a whole number above 0, got {value!r}"
+    if key == "seed":
+        ok = number and isinstance(value, int) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+        return None if ok else f"a seed is a whole number (64-bit), got {value!r}"
+    if key == "reasoning_effort":
+        hint = suggest(str(value), REASONING_EFFORTS)
+        ok = value in REASONING_EFFORTS
+        return None if ok else f"expected one of {', '.join(REASONING_EFFORTS)}, got {value!r}{hint}"
     if isinstance(value, str | int | float) and value != "":
         return None
     return f"a matrix value is a non-empty string, a number or true/false, got {value!r}"
@@ -198,6 +215,22 @@ _UNUSED_WITH_ID = (
     "with `id` the existing assistant is used as it is: instructions and temperature here only serve the "
     "responses and chat APIs"
 )
+
+ONLY_CHAT = ("seed", "stop")
+"""Generation parameters that only Chat Completions has (not runs, not responses: OpenAPI spec)."""
+MIN_OUTPUT_TOKENS = {Api.ASSISTANTS: 256, Api.RESPONSES: 16}
+"""The smallest token cap each API accepts (runs' `max_completion_tokens`, `max_output_tokens`)."""
+
+
+def generation_problem(api: Api, key: str, value: Any) -> str | None:
+    """Why generation parameter `key` = `value` cannot be sent on `api`, or None."""
+    if key in ONLY_CHAT and api is not Api.CHAT:
+        return f"the {api.value} API has no `{key}` (only chat has it)"
+    least = MIN_OUTPUT_TOKENS.get(api)
+    if key == "max_output_tokens" and least and isinstance(value, int) and value < least:
+        field = "max_completion_tokens" if api is Api.ASSISTANTS else "max_output_tokens"
+        return f"the {api.value} API wants at least {least} (its `{field}`), got {value}"
+    return None
 
 
 @dataclass
@@ -258,6 +291,7 @@ class Checker:
                 self._tool_outputs(i, conv, key)
             self._vars(i, conv)
         only_assistants_api = parts.api == Api.ASSISTANTS and "api" not in parts.matrix
+        self._generation([k for k in parts.assistant_keys if k in used.values()])
         for key in parts.assistant_keys:
             a = parts.assistants.get(key)
             if key not in used.values():
@@ -277,6 +311,57 @@ class Checker:
                     f"{{{{{key}}}}} is used nowhere{hint}; conversations still run once per value",
                 )
         return Expansion(self).run(used)
+
+    def _apis(self) -> list[Api]:
+        """The APIs the job runs on: its matrix `api` values (those that are valid), or its `api`."""
+        values = self.parts.matrix.get("api") or [self.parts.api]
+        return [Api(v) for v in values if v in [a.value for a in Api]]
+
+    def _generation(self, keys: list[str]) -> None:
+        """Generation parameters the job's APIs lack or bound differently, on assistants and in the
+        matrix; a `tool_choice` naming no function tool of its assistant."""
+        apis = self._apis()
+        for key in keys:
+            a = self.parts.assistants.get(key)
+            if a is None:
+                continue
+            for name, value in a.generation().items():
+                for api in apis:
+                    problem = generation_problem(api, name, value)
+                    if problem:
+                        self.problem(("assistants", key, name), f"{problem}; remove it or run on chat")
+                        break
+            if a.reasoning_effort and a.id and Api.ASSISTANTS in apis:
+                self.warn(
+                    ("assistants", key, "reasoning_effort"),
+                    "with `id` the existing assistant is used as it is: on the assistants API "
+                    "reasoning_effort is set on the assistant, so it goes unused there",
+                )
+            stateless = [api.value for api in apis if api is not Api.ASSISTANTS]
+            for name in ("tool_choice", "parallel_tool_calls"):
+                if getattr(a, name) is not None and not a.tools and stateless:
+                    what = f"the {stateless[0]} API takes it only with `tools`"
+                    self.problem(("assistants", key, name), what)
+            choice = a.tool_choice
+            functions = [t.function.name for t in a.tools if t.function is not None]
+            if a.id is not None and not a.tools:
+                continue  # its tools live on the server
+            if isinstance(choice, FunctionChoice) and choice.function.name not in functions:
+                has = ", ".join(functions) or "none"
+                what = f"no function tool {choice.function.name!r}{suggest(choice.function.name, functions)}"
+                self.problem(("assistants", key, "tool_choice", "function", "name"), f"{what}; it has: {has}")
+            elif choice == "required" and not a.tools and not stateless:
+                self.problem(("assistants", key, "tool_choice"), "required, but the assistant has no tools")
+        for name in GENERATION_MATRIX_KEYS:
+            values = self.parts.matrix.get(name) or []
+            for n, value in enumerate(values):
+                for api in apis:
+                    problem = generation_problem(api, name, value)
+                    if name == "reasoning_effort" and api is Api.ASSISTANTS:
+                        problem = "the assistants API sets reasoning_effort on the assistant, not per run"
+                    if problem:
+                        self.problem(("matrix", name, n), problem)
+                        break
 
     def _assistant(self, i: int, conv: ConvParts) -> str | None:
         keys = self.parts.assistant_keys
@@ -354,7 +439,8 @@ class Checker:
             if not re.match(VAR_PATTERN, key):
                 self.problem(
                     ("matrix", key),
-                    f"{key!r} is not a variable name (letters, digits, _) nor model/api/temperature",
+                    f"{key!r} is not a variable name (letters, digits, _) nor one of "
+                    + ", ".join(MATRIX_KEYS),
                 )
             if not values:
                 self.problem(("matrix", key), "list at least one value")

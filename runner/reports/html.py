@@ -21,7 +21,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 
-from runner.records import CheckResult, Record, TurnRecord
+from runner.records import USAGE_KEYS, CheckResult, Record, TurnRecord
 from runner.reports.pricing import CostEstimate, PriceTable, estimate, format_usd, load_prices
 from runner.reports.summary import (
     ERROR,
@@ -37,10 +37,13 @@ from runner.reports.summary import (
     flaky,
     format_ms,
     graded_text,
+    known_sum,
     outcome,
     percentile,
     repeat_groups,
     summarize,
+    tokens_text,
+    tokens_total_text,
     turn_latencies,
 )
 
@@ -134,7 +137,7 @@ def _figures(records: Sequence[Record], prices: PriceTable) -> str:
         figures.append(_figure("no-checks", "without checks", str(s.no_checks)))
     figures += [
         _figure("pass-rate", f"pass rate ({s.passed}/{judged})", f"{s.pass_rate:.1%}" if judged else "-"),
-        _figure("tokens", "tokens", f"{s.tokens:,}"),
+        _figure("tokens", "tokens", tokens_total_text(s)),
         _cost_figure(estimate(records, prices)),
         _figure("p50", "latency p50 per turn", format_ms(percentile(lats, 50))),
         _figure("p95", "latency p95 per turn", format_ms(percentile(lats, 95))),
@@ -221,6 +224,15 @@ def _histogram_panel(records: Sequence[Record]) -> str:
     return f'<div class="panel" id="latency"><h2>Latency per turn</h2>{svg}</div>'
 
 
+def _tokens_cell(records: Sequence[Record], key: str) -> str:
+    """A column's sum; `+ unknown` when some conversations reported no usage."""
+    unknown = sum(r["usage"].get(key) is None for r in records)
+    if unknown == len(records) and records:
+        return "unknown"
+    known = f"{known_sum(records, key):,}"
+    return f"{known} + unknown" if unknown else known
+
+
 def _tokens_panel(records: Sequence[Record], prices: PriceTable) -> str:
     models = sorted({r["model"] for r in records})
     rows: list[str] = []
@@ -229,20 +241,20 @@ def _tokens_panel(records: Sequence[Record], prices: PriceTable) -> str:
         if model is None and len(models) < 2 and rows:
             break  # a single model: its row is the total already
         price = short_cost(estimate([_without_grading(r) for r in subset], prices))
-        cells = [
-            sum(r["usage"]["prompt_tokens"] for r in subset),
-            sum(r["usage"]["completion_tokens"] for r in subset),
-            sum(r["usage"]["total_tokens"] for r in subset),
-        ]
+        cells = [_tokens_cell(subset, key) for key in USAGE_KEYS]
         name = "total" if model is None else model
-        rows.append(
-            f"<tr><th>{e(name)}</th>{''.join(f'<td>{c:,}</td>' for c in cells)}<td>{e(price)}</td></tr>"
-        )
+        tds = "".join(f"<td>{c}</td>" for c in cells)
+        rows.append(f"<tr><th>{e(name)}</th>{tds}<td>{e(price)}</td></tr>")
     graded = [g for r in records if (g := r.get("grader_usage"))]
     if graded:  # grading (judge, similar) is counted and priced apart from the conversations
-        cells = [sum(g[k] for g in graded) for k in ("prompt_tokens", "completion_tokens", "total_tokens")]
+        tds = "".join(
+            (
+                f"<td>{sum(g['prompt_tokens'] or 0 for g in graded):,}</td>",
+                f"<td>{sum(g['completion_tokens'] or 0 for g in graded):,}</td>",
+                f"<td>{sum(g['total_tokens'] or 0 for g in graded):,}</td>",
+            )
+        )
         grading = format_usd(estimate(records, prices).grading_usd)
-        tds = "".join(f"<td>{c:,}</td>" for c in cells)
         rows.append(f"<tr><th>grading</th>{tds}<td>{e(grading)}</td></tr>")
     missing = estimate(records, prices).unknown
     unpriced = (
@@ -297,7 +309,7 @@ def _conversations(records: Sequence[Record]) -> str:
             f"<td>{e(r['model'])}</td><td>{e(r['status'])}</td><td class=num>{len(r['turns'])}</td>"
             f"<td class=num>{checks_cell(r)}</td>"
             f"<td class=num>{e(format_ms(conversation_ms(r)))}</td>"
-            f"<td class=num>{r['usage']['total_tokens']:,}</td></tr>"
+            f"<td class=num>{tokens_text(r['usage']['total_tokens'])}</td></tr>"
             f'<tr class="detail" id="d{i}" hidden><td colspan="8">{_detail(r)}</td></tr>'
         )
     options = "".join(
@@ -364,7 +376,7 @@ def _checks(checks: list[CheckResult]) -> str:
 
 def _turn(t: TurnRecord) -> str:
     usage = t.get("usage") or {}
-    stats = f"{format_ms(t['latency_ms'])} · {usage.get('total_tokens', 0)} tokens"
+    stats = f"{format_ms(t['latency_ms'])} · {tokens_text(usage.get('total_tokens'))} tokens"
     if t.get("run_status") and t["run_status"] != "completed":
         stats += f" · run {t['run_status']}"
     calls = "".join(

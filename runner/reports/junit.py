@@ -33,6 +33,7 @@ from runner.reports.summary import (
     failure_line,
     graded_text,
     outcome,
+    tokens_text,
 )
 
 # Characters XML 1.0 cannot carry at all (not even escaped); assistant replies may contain them.
@@ -64,7 +65,7 @@ def conversation_text(record: Record) -> str:
     lines = [
         f"conversation: {record['conversation_id']}",
         f"status: {record['status']}  model: {record['model']}  api: {record['api']}  "
-        f"attempts: {record.get('attempts', 1)}  tokens: {record['usage']['total_tokens']}",
+        f"attempts: {record.get('attempts', 1)}  tokens: {tokens_text(record['usage']['total_tokens'])}",
     ]
     if record["error"]:
         lines.append(f"error: {record['error']}")

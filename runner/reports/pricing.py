@@ -89,20 +89,25 @@ class CostEstimate:
     unknown: dict[str, int] = field(default_factory=dict)  # model -> total tokens not priced
     batch_saving: float = 0.0  # what the Batch API turns saved against direct calls
     grading_usd: float = 0.0  # the part of `usd` spent by graders (`grader_usage`), included above
+    no_usage: int = 0  # priced conversations whose usage the server did not report
 
     @property
     def complete(self) -> bool:
-        return not self.unknown
+        return not self.unknown and not self.no_usage
 
     def describe(self) -> str:
         """One line: `$0.0123`, `$0.0123 + unknown (no price for: m1, m2)` or `unknown (...)`."""
-        missing = ", ".join(sorted(self.unknown))
+        why = []
+        if self.unknown:
+            why.append(f"no price for: {', '.join(sorted(self.unknown))}")
+        if self.no_usage:
+            why.append(f"{self.no_usage} conversation{'s' if self.no_usage != 1 else ''} without usage")
         if not self.by_model:
-            return f"unknown (no price for: {missing})" if missing else format_usd(0.0)
+            return f"unknown ({'; '.join(why)})" if why else format_usd(0.0)
         text = format_usd(self.usd)
         if self.batch_saving > 0:
             text += f" (Batch API: {format_usd(self.batch_saving)} saved against direct calls)"
-        return f"{text} + unknown (no price for: {missing})" if missing else text
+        return f"{text} + unknown ({'; '.join(why)})" if why else text
 
 
 def format_usd(usd: float) -> str:
@@ -114,37 +119,45 @@ def format_usd(usd: float) -> str:
 
 def estimate(records: Iterable[Record], table: PriceTable) -> CostEstimate:
     """The cost of the conversations (Batch API turns at the batch price) and of their grading
-    (`grader_usage`, priced per model)."""
+    (`grader_usage`, priced per model). Unknown prices and unknown usage stay unknown, never zero."""
     est = CostEstimate()
     for r in records:
         model, usage = r["model"], r["usage"]
         price = table.lookup(model)
         usd = _add(est, table, model, usage)
-        if price is not None:
+        if usd is not None and price is not None:
             for t in r["turns"]:
-                if t.get("via") == "batch":  # priced at the batch price, and the difference is the saving
-                    u = t["usage"]
-                    saved = price.usd(u["prompt_tokens"], u["completion_tokens"]) - price.usd(
-                        u["prompt_tokens"], u["completion_tokens"], batch=True
-                    )
-                    usd -= saved
-                    est.by_model[model] -= saved
-                    est.batch_saving += saved
-        est.usd += usd
+                u = t["usage"]
+                if t.get("via") != "batch" or u["prompt_tokens"] is None or u["completion_tokens"] is None:
+                    continue
+                # priced at the batch price; the difference is the saving
+                saved = price.usd(u["prompt_tokens"], u["completion_tokens"]) - price.usd(
+                    u["prompt_tokens"], u["completion_tokens"], batch=True
+                )
+                usd -= saved
+                est.by_model[model] -= saved
+                est.batch_saving += saved
+            est.usd += usd
         grading = r.get("grader_usage")
         for grader_model, grader_usage in (grading["by_model"] if grading else {}).items():
             graded = _add(est, table, grader_model, grader_usage)
-            est.usd += graded
-            est.grading_usd += graded
+            if graded is not None:
+                est.usd += graded
+                est.grading_usd += graded
     return est
 
 
-def _add(est: CostEstimate, table: PriceTable, model: str, usage: Usage) -> float:
+def _add(est: CostEstimate, table: PriceTable, model: str, usage: Usage) -> float | None:
+    """Price `usage` of `model` into `est.by_model`; None (and noted) when price or usage is unknown."""
     price = table.lookup(model)
     if price is None:
-        est.unknown[model] = est.unknown.get(model, 0) + usage["total_tokens"]
-        return 0.0
-    usd = price.usd(usage["prompt_tokens"], usage["completion_tokens"])
+        est.unknown[model] = est.unknown.get(model, 0) + (usage["total_tokens"] or 0)
+        return None
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    if prompt is None or completion is None:
+        est.no_usage += 1
+        return None
+    usd = price.usd(prompt, completion)
     est.by_model[model] = est.by_model.get(model, 0.0) + usd
     return usd
 

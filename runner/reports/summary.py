@@ -30,7 +30,8 @@ class Summary:
     failed: int  # completed but a check failed
     errors: int  # did not complete (error, failed, cancelled, expired, incomplete)
     no_checks: int
-    tokens: int
+    tokens: int  # of the conversations whose usage is known
+    unknown_usage: int = 0  # conversations whose usage the server did not report (not in `tokens`)
 
     @property
     def pass_rate(self) -> float:
@@ -39,10 +40,14 @@ class Summary:
 
 
 def summarize(records: Iterable[Record]) -> Summary:
-    n = passed = failed = errors = no_checks = tokens = 0
+    n = passed = failed = errors = no_checks = tokens = unknown = 0
     for r in records:
         n += 1
-        tokens += r["usage"]["total_tokens"]
+        total = r["usage"]["total_tokens"]
+        if total is None:
+            unknown += 1
+        else:
+            tokens += total
         if r["status"] != "completed":
             errors += 1
         elif r["passed"] is True:
@@ -51,7 +56,27 @@ def summarize(records: Iterable[Record]) -> Summary:
             no_checks += 1
         else:
             failed += 1
-    return Summary(n, passed, failed, errors, no_checks, tokens)
+    return Summary(n, passed, failed, errors, no_checks, tokens, unknown)
+
+
+def tokens_text(n: int | None) -> str:
+    """A token count for people: `1,234`, or `unknown` where the server reported none."""
+    return "unknown" if n is None else f"{n:,}"
+
+
+def known_sum(records: Iterable[Record], key: str) -> int:
+    """The sum of a usage key over the records that know it."""
+    return sum(v for r in records if (v := r["usage"].get(key)) is not None)  # type: ignore[misc]
+
+
+def tokens_total_text(s: Summary) -> str:
+    """`1,234`, `1,234 + unknown (2 conversations without usage)` or `unknown`."""
+    if s.unknown_usage == 0:
+        return tokens_text(s.tokens)
+    without = f"{s.unknown_usage} conversation{'s' if s.unknown_usage != 1 else ''} without usage"
+    if s.unknown_usage == s.conversations:
+        return f"unknown ({without})"
+    return f"{s.tokens:,} + unknown ({without})"
 
 
 def exit_code(summary: Summary, fail_under: float | None = None) -> int:
@@ -114,8 +139,8 @@ def _type_name(t: type) -> str:
 def _usage_problem(usage: dict[str, Any], where: str) -> str | None:
     for key in _USAGE_KEYS:
         v = usage.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            return f"{where}usage.{key}: expected a count, got {json.dumps(v)}"
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            return f"{where}usage.{key}: expected a count or null, got {json.dumps(v)}"
     return None
 
 
@@ -366,7 +391,7 @@ def render_report(records: Sequence[Record], prices: PriceTable, *, failed_only:
                     str(len(r["turns"])),
                     checks_cell(r),
                     format_ms(conversation_ms(r)),
-                    f"{r['usage']['total_tokens']:,}",
+                    tokens_text(r["usage"]["total_tokens"]),
                 ]
             )
         lines += [*_table(rows, right={3, 4, 5, 6}), ""]
@@ -383,13 +408,14 @@ def render_report(records: Sequence[Record], prices: PriceTable, *, failed_only:
         f"latency per turn: p50 {format_ms(percentile(lats, 50))}, p95 {format_ms(percentile(lats, 95))}, "
         f"max {format_ms(max(lats, default=None))} ({len(lats)} turns)"
     )
-    prompt = sum(r["usage"]["prompt_tokens"] for r in records)
-    completion = sum(r["usage"]["completion_tokens"] for r in records)
-    lines.append(f"tokens: {s.tokens:,} (prompt {prompt:,}, completion {completion:,})")
+    prompt, completion = known_sum(records, "prompt_tokens"), known_sum(records, "completion_tokens")
+    lines.append(f"tokens: {tokens_total_text(s)} (prompt {prompt:,}, completion {completion:,})")
     graded = [g for r in records if (g := r.get("grader_usage"))]
     if graded:
-        tokens, requests = sum(g["total_tokens"] for g in graded), sum(g["requests"] for g in graded)
-        lines.append(f"grader tokens: {tokens:,} in {requests:,} requests (apart from the tokens above)")
+        totals = [g["total_tokens"] for g in graded]
+        tokens = "unknown" if None in totals else f"{sum(t or 0 for t in totals):,}"
+        requests = sum(g["requests"] for g in graded)
+        lines.append(f"grader tokens: {tokens} in {requests:,} requests (apart from the tokens above)")
     cost = estimate(records, prices)
     grading = f" (grading {format_usd(cost.grading_usd)})" if graded and cost.grading_usd else ""
     lines.append(f"estimated cost: {cost.describe()}{grading}")

@@ -74,7 +74,7 @@ class Progress:
             self.in_flight = max(0, self.in_flight - 1)
             self.done += 1
             self.failed += outcome(record) in (FAILED, ERROR)
-            self.tokens += record["usage"]["total_tokens"]
+            self.tokens += record["usage"]["total_tokens"] or 0  # unknown usage adds nothing known
         self._maybe_draw()
 
     def update(

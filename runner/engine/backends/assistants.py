@@ -45,6 +45,7 @@ from runner.engine.backends.base import (
     tool_output,
     usage_of,
 )
+from runner.engine.backends.params import run_params
 from runner.engine.backends.upsert import upsert_assistants
 from runner.engine.retry import Caller, backoff_s
 from runner.errors import BackendError, FatalAPIError
@@ -228,6 +229,7 @@ class AssistantsConversation(Conversation):
         }
         if self.task.assistant.temperature is not None:
             options["temperature"] = self.task.assistant.temperature
+        options.update(run_params(self.task.assistant))
         return options
 
     def _create_run(self, user: str | None, tag: dict[str, str], estimate: int, deadline: float) -> _Wait:

@@ -17,7 +17,7 @@ import openai
 
 from runner.engine.retry import Caller, describe_error
 from runner.errors import BackendError, FatalAPIError
-from runner.records import ToolCallRecord, Usage, empty_usage
+from runner.records import ToolCallRecord, Usage, add_usage, empty_usage, unknown_usage
 from runner.tasks import Api, AssistantSpec, ConversationTask
 
 EXPECTED_COMPLETION_TOKENS = 128
@@ -41,16 +41,26 @@ def parse_arguments(raw: Any) -> Any:
         return raw
 
 
+def _count(data: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
 def usage_of(obj: Any) -> Usage:
-    """Usage from an SDK object or dict, in the record's shape (Responses calls them input/output)."""
-    if obj is None:
-        return empty_usage()
-    data = obj if isinstance(obj, dict) else getattr(obj, "model_dump", lambda: {})()
+    """Usage from an SDK object or dict, in the record's shape (Responses calls them input/output).
+    What the server did not report is None (unknown), never 0: a streamed reply from a server
+    without `stream_options` support, or a run cancelled before it counted, has no usage."""
+    data = obj if isinstance(obj, dict) else getattr(obj, "model_dump", lambda: None)()
     if not isinstance(data, dict):
-        return empty_usage()
-    prompt = int(data.get("prompt_tokens", data.get("input_tokens", 0)) or 0)
-    completion = int(data.get("completion_tokens", data.get("output_tokens", 0)) or 0)
-    total = int(data.get("total_tokens", prompt + completion) or 0)
+        return unknown_usage()
+    prompt = _count(data, "prompt_tokens", "input_tokens")
+    completion = _count(data, "completion_tokens", "output_tokens")
+    total = _count(data, "total_tokens")
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
@@ -88,8 +98,7 @@ class TurnResult:
     estimated_tokens: int = 0
 
     def add_usage(self, usage: Usage) -> None:
-        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            self.usage[k] += usage[k]
+        self.usage = add_usage(self.usage, usage)
 
 
 class Conversation(ABC):
@@ -117,8 +126,9 @@ class Conversation(ABC):
             result.status, result.error = "error", str(e)
         except (openai.OpenAIError, BackendError) as e:
             result.status, result.error = "error", describe_error(e)
-        if result.estimated_tokens:
-            self.caller.limiter.settle(result.estimated_tokens, result.usage["total_tokens"])
+        spent = result.usage["total_tokens"]
+        if result.estimated_tokens and spent is not None:  # unknown: the estimate stands
+            self.caller.limiter.settle(result.estimated_tokens, spent)
         return result
 
     @abstractmethod

@@ -30,9 +30,10 @@ from runner.engine.backends.base import (
     tool_output,
     usage_of,
 )
+from runner.engine.backends.params import chat_params
 from runner.engine.retry import Caller
 from runner.errors import BackendError
-from runner.records import ToolCallRecord
+from runner.records import ToolCallRecord, unknown_usage
 from runner.tasks import Api, ConversationTask
 
 MAX_TOOL_ROUNDS = 16
@@ -71,12 +72,13 @@ class ChatConversation(Conversation):
     def _turn(self, index: int, user: str, result: TurnResult) -> None:
         deadline = time.monotonic() + self.deadline_s
         pending = [*self.history, {"role": "user", "content": user}]
-        for _ in range(MAX_TOOL_ROUNDS):
+        for round_ in range(MAX_TOOL_ROUNDS):
             estimate = estimate_tokens(json.dumps(pending)) + EXPECTED_COMPLETION_TOKENS
             result.estimated_tokens += estimate
             try:
-                reply = self._complete(pending, estimate, deadline)
+                reply = self._complete(pending, estimate, deadline, first=round_ == 0)
             except Overdue as e:
+                result.add_usage(unknown_usage())  # the server may have generated and counted tokens
                 result.status = result.run_status = "cancelled"
                 result.error = f"{e}: request abandoned"
                 return
@@ -111,20 +113,27 @@ class ChatConversation(Conversation):
         result.status = "completed"
         self.history = [*pending, {"role": "assistant", "content": reply.text}]
 
-    def _request(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        return chat_request(self.task, messages)
+    def _request(self, messages: list[dict[str, Any]], first: bool = True) -> dict[str, Any]:
+        return chat_request(self.task, messages, first)
 
     @staticmethod
-    def _request_of(task: ConversationTask, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    def _request_of(
+        task: ConversationTask, messages: list[dict[str, Any]], first: bool = True
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": task.model, "messages": messages}
         if task.assistant.tools:
             body["tools"] = [dict(t) for t in task.assistant.tools]
         if task.assistant.temperature is not None:
             body["temperature"] = task.assistant.temperature
+        body.update(chat_params(task.assistant))
+        if not first:  # a forced tool choice holds for the user's message, not the answer to its tool outputs
+            body.pop("tool_choice", None)
         return body
 
-    def _complete(self, messages: list[dict[str, Any]], estimate: int, deadline: float) -> _Reply:
-        body = self._request(messages)
+    def _complete(
+        self, messages: list[dict[str, Any]], estimate: int, deadline: float, first: bool = True
+    ) -> _Reply:
+        body = self._request(messages, first)
 
         def send() -> _Reply:
             # Stateless: a stream that breaks midway is simply asked again, through the retry layer.
@@ -196,9 +205,12 @@ class ChatConversation(Conversation):
         return reply
 
 
-def chat_request(task: ConversationTask, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The body of one chat completion for `task` (a direct request, or a Batch API line's body)."""
-    return ChatConversation._request_of(task, messages)
+def chat_request(
+    task: ConversationTask, messages: list[dict[str, Any]], first: bool = True
+) -> dict[str, Any]:
+    """The body of one chat completion for `task` (a direct request, or a Batch API line's body);
+    `first`: it carries the user's message (not the answer to tool outputs)."""
+    return ChatConversation._request_of(task, messages, first)
 
 
 def parse_completion(completion: Any) -> _Reply:

@@ -60,7 +60,7 @@ def complete_json(
         if not completion.choices:
             raise BackendError("the grader answered with no choices")
         text, usage = completion.choices[0].message.content or "", usage_of(completion.usage)
-    caller.limiter.settle(estimate, usage["total_tokens"])
+    caller.limiter.settle(estimate, usage["total_tokens"] if usage["total_tokens"] is not None else estimate)
     return text, usage
 
 
@@ -78,7 +78,7 @@ def embed(
             raise EmbeddingsUnavailable(f"no embeddings at this server (HTTP {e.status_code})") from None
         raise
     usage = usage_of(result.usage)
-    caller.limiter.settle(estimate, usage["total_tokens"])
+    caller.limiter.settle(estimate, usage["total_tokens"] if usage["total_tokens"] is not None else estimate)
     vectors = [list(d.embedding) for d in sorted(result.data, key=lambda d: d.index)]
     if len(vectors) != len(texts):
         raise BackendError(f"the server sent {len(vectors)} embeddings for {len(texts)} texts")

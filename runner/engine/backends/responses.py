@@ -39,6 +39,7 @@ from runner.engine.backends.base import (
     tool_output,
     usage_of,
 )
+from runner.engine.backends.params import response_params
 from runner.engine.retry import Caller, backoff_s
 from runner.errors import BackendError
 from runner.records import ToolCallRecord
@@ -216,6 +217,9 @@ class ResponsesConversation(Conversation):
             body["tools"] = [response_tool(dict(t)) for t in spec.tools]
         if spec.temperature is not None:
             body["temperature"] = spec.temperature
+        body.update(response_params(spec))
+        if any(item.get("type") == "function_call_output" for item in turn_input):
+            body.pop("tool_choice", None)  # a forced tool choice holds for the user's message only
         return body
 
     def _respond(self, turn_input: list[dict[str, Any]], estimate: int, deadline: float) -> _Outcome:

@@ -2,7 +2,7 @@
 
 Once per run, before any conversation: every assistant is listed (all pages, newest first wins a
 name), each job assistant is matched by its name, created when missing (marked `created_by:
-assistant-runner`), updated when its instructions, model, tools or temperature differ. An
+assistant-runner`), updated when its instructions, model, tools, temperature or reasoning_effort differ. An
 assistant the job names by `id` is used as is. A create whose answer was lost is looked for again
 (the first page) before it is sent a second time.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 
+from runner.engine.backends.params import assistant_params
 from runner.engine.retry import Caller
 from runner.tasks import AssistantSpec
 
@@ -49,6 +50,9 @@ def differs(existing: Any, spec: AssistantSpec) -> bool:
         return True
     if existing.model != spec.model:
         return True
+    effort = assistant_params(spec).get("reasoning_effort")
+    if effort is not None and getattr(existing, "reasoning_effort", None) != effort:
+        return True
     if spec.temperature is not None and (
         existing.temperature is None or abs(existing.temperature - spec.temperature) > 1e-9
     ):
@@ -76,6 +80,7 @@ def upsert_assistants(
         }
         if spec.temperature is not None:
             fields["temperature"] = spec.temperature
+        fields.update(assistant_params(spec))
         if found is None:
 
             def create(spec: AssistantSpec = spec, fields: dict[str, Any] = fields) -> Any:

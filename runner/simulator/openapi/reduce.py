@@ -27,7 +27,8 @@ from typing import Any
 
 OUT = Path(__file__).with_name("openapi.json")
 SERVED_PREFIXES = (
-    "/assistants", "/threads", "/responses", "/conversations", "/chat/completions", "/models", "/files", "/batches",
+    "/assistants", "/threads", "/responses", "/conversations", "/chat/completions", "/models",
+    "/files", "/batches",
 )  # fmt: skip
 NOT_SERVED = {"/responses/compact", "/responses/input_tokens", "/chat/completions/{completion_id}"}
 EXTRA = ("ErrorResponse", "CreateChatCompletionStreamResponse", "ResponseStreamEvent", "ResponseErrorEvent")
