@@ -4,7 +4,8 @@ Library code raises these; only the CLI turns them into a message and an exit co
 
     RunnerError                      exit 1 unless a subclass says otherwise
     ├── UsageError                   exit 2  bad option values, missing files
-    │   └── UnknownBatchError        exit 2  a batch id that this Redis does not hold
+    │   ├── UnknownBatchError        exit 2  a batch id that this Redis does not hold
+    │   └── AssistantConflictError   exit 2  a same-named assistant the runner did not create
     ├── JobFileError                 exit 2  an invalid job file (carries every problem found)
     ├── BackendError                 exit 1  the API answered in a way we cannot use
     │   ├── FatalAPIError            exit 3  authentication rejected or quota exhausted: stop everything
@@ -32,6 +33,11 @@ class UsageError(RunnerError):
 
 class UnknownBatchError(UsageError):
     """Like a missing file: the batch id names nothing on this Redis (mistyped, or expired)."""
+
+
+class AssistantConflictError(UsageError):
+    """A job assistant's name is taken by an assistant the runner did not create for this job;
+    nothing was changed, and the message says how to resolve it (`id:`, a new name, `adopt: true`)."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class AssistantSpec(_Frozen):
     instructions: str | None = None
     temperature: float | None = None
     tools: tuple[dict[str, Any], ...] = ()
+    adopt: bool = False  # take over (update and mark) a same-named assistant the runner did not create
 
 
 class CheckSpec(_Frozen):

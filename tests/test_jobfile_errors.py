@@ -132,7 +132,7 @@ CASES = [
     case(
         "unknown-assistant-key",
         "name: t\nmodel: m\nassistants:\n  a: {instruction: hi}\nconversations:\n  - id: c\n    turns: [{user: hi}]\n",
-        "job.yaml:4: assistants.a: unknown key 'instruction' (did you mean 'instructions'?); valid keys: id, instructions, model, name, temperature, tools",
+        "job.yaml:4: assistants.a: unknown key 'instruction' (did you mean 'instructions'?); valid keys: adopt, id, instructions, model, name, temperature, tools",
     ),
     case(
         "unknown-conversation-key",

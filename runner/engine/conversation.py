@@ -59,7 +59,7 @@ def prepare_tasks(
     backend = backend_for(Api.ASSISTANTS, client, settings)
     caller = Caller(limiter, max_attempts=job.limits.max_attempts)
     try:
-        ids = backend.prepare(list(specs.values()), caller)
+        ids = backend.prepare(list(specs.values()), caller, job=todo[0].job)
     except openai.APIError as e:  # retries exhausted: nothing can run without the assistants
         where = redact(str(client.base_url))
         raise ServerUnavailableError(

@@ -125,6 +125,7 @@ class Expansion:
             spec = specs[(key, model, temperature)] = AssistantSpec(
                 key=key, name=assistant.name or key, model=model, id=assistant.id,
                 instructions=assistant.instructions, temperature=temperature, tools=tools,
+                adopt=assistant.adopt,
             )  # fmt: skip
         api = Api(combo.get("api", parts.api))
         fixed = {"job": parts.name, "api": api, "model": model, "assistant": spec, "limits": parts.limits}

@@ -97,6 +97,11 @@ class Assistant(_Model):
     model: str | None = Field(None, min_length=1, description="Model (default: the job's `model`).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature, 0-2.")
     tools: tuple[Tool, ...] = Field((), description="Tools, OpenAI function-tool shape.")
+    adopt: bool = Field(
+        False,
+        description="Take over a same-named assistant the runner did not create: update it to this"
+        " definition and mark it as this job's (without it, such an assistant stops the run).",
+    )
 
 
 class Turn(_Model):
