@@ -59,6 +59,11 @@ class CheckResult(TypedDict):
     detail: str | None
 
 
+class RetryRecord(TypedDict):
+    cause: str
+    wait_ms: int
+
+
 class TurnRecord(TypedDict):
     index: int
     user: str
@@ -70,6 +75,13 @@ class TurnRecord(TypedDict):
     latency_ms: int | None
     checks: list[CheckResult]
     error: NotRequired[str | None]
+    # What the turn cost: API requests (retries and polls included), each retry with its cause
+    # ("429", "503", "dropped", "timeout") and wait, time waiting for the rate limiter, and the
+    # latency less the runner's own waiting (what `max_latency_ms` checks when present).
+    requests: NotRequired[int]
+    retries: NotRequired[list[RetryRecord]]
+    limiter_wait_ms: NotRequired[int]
+    server_latency_ms: NotRequired[int | None]
 
 
 class AssistantRef(TypedDict):

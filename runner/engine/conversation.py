@@ -109,6 +109,7 @@ def run_conversation(
         conversation = backend.open(task, caller, conversation_tag(task, batch_id, attempt))
         for index, spec in enumerate(task.turns):
             began = time.monotonic()
+            mark = caller.checkpoint()
             result = conversation.turn(index, spec.user)
             thread_id = conversation.thread_id
             turn: TurnRecord = {
@@ -123,6 +124,7 @@ def run_conversation(
                 "checks": [],
                 "error": result.error,
             }
+            turn.update(caller.since(mark))  # requests, retries, limiter wait, server-side latency
             turn["checks"] = evaluate_turn(turn, spec.expect)
             turns.append(turn)
             if result.status != "completed":
