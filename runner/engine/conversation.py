@@ -127,8 +127,8 @@ def run_conversation(
             turn.update(caller.since(mark))  # requests, retries, limiter wait, server-side latency
             turn["checks"] = evaluate_turn(turn, spec.expect)
             turns.append(turn)
-            if result.status != "completed":
-                status, error = result.status, f"turn {index}: {result.error or result.status}"
+            if result.status != "completed":  # people count turns from 1
+                status, error = result.status, f"turn {index + 1}: {result.error or result.status}"
                 break  # later turns would answer a conversation that went wrong
     except FatalAPIError:
         raise
