@@ -5,6 +5,7 @@ Library code raises these; only the CLI turns them into a message and an exit co
     RunnerError                      exit 1 unless a subclass says otherwise
     ├── UsageError                   exit 2  bad option values, missing files
     │   ├── UnknownBatchError        exit 2  a batch id that this Redis does not hold
+    │   ├── MissingKeyError          exit 2  OPENAI_API_KEY is not set
     │   └── AssistantConflictError   exit 2  a same-named assistant the runner did not create
     ├── JobFileError                 exit 2  an invalid job file (carries every problem found)
     ├── BackendError                 exit 1  the API answered in a way we cannot use
@@ -63,6 +64,10 @@ class JobFileError(RunnerError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class MissingKeyError(UsageError):
+    """No OPENAI_API_KEY: nothing can be sent (`runner run` adds the `--simulate` hint)."""
 
 
 class BackendError(RunnerError):

@@ -64,12 +64,16 @@ def report(
 @click.argument("old", type=click.Path(exists=True, dir_okay=False))
 @click.argument("new", type=click.Path(exists=True, dir_okay=False))
 @click.option("--no-replies", is_flag=True, help="Show outcome changes only, not the replies that changed.")
-def diff(old: str, new: str, no_replies: bool) -> None:
+@click.option(
+    "--allow-removed", is_flag=True, help="Conversations missing from NEW are not a regression."
+)
+def diff(old: str, new: str, no_replies: bool, allow_removed: bool) -> None:
     """Compare two runs of the same job, conversation by conversation.
 
     Lists regressions (pass -> fail, completed -> not completed), improvements, replies that
-    changed, and conversations added or removed. Exits 1 when anything regressed, so CI can gate
-    on a baseline; improvements and changed replies alone exit 0.
+    changed, and conversations added or removed. Exits 1 when anything regressed (a conversation
+    of OLD missing from NEW counts, unless --allow-removed), so CI can gate on a baseline;
+    improvements and changed replies alone exit 0. Transcripts of different jobs: exit 2.
 
     \b
     Examples:
@@ -79,6 +83,6 @@ def diff(old: str, new: str, no_replies: bool) -> None:
     from runner.reports.diff import diff_records, render_diff
     from runner.reports.summary import load_transcripts
 
-    result = diff_records(load_transcripts(old), load_transcripts(new))
+    result = diff_records(load_transcripts(old), load_transcripts(new), allow_removed=allow_removed)
     click.echo(render_diff(result, replies=not no_replies))
     raise SystemExit(1 if result.regressed else 0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis as redis_lib
 
+from runner.engine.client import check_reachable
 from runner.errors import FatalAPIError, Interrupted, UsageError
 from runner.jobs import Job
 from runner.queue.batch import Batch
@@ -23,7 +24,7 @@ from runner.queue.leases import reap
 from runner.queue.redis_server import connect, embedded_redis, retrying
 from runner.queue.worker import LocalWorkers, local_workers
 from runner.records import write_records
-from runner.run.options import RunOptions, RunOutcome
+from runner.run.options import RunOptions, RunOutcome, aborted
 from runner.run.progress import Progress
 from runner.settings import Settings
 from runner.tasks import ConversationTask
@@ -50,6 +51,8 @@ def run_batch(
             url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
         redis = connect(url)
         stack.callback(redis.close)
+        if options.workers and settings.api_key:  # this machine's workers call the API: is it there?
+            check_reachable(settings)
         workers = None
         if options.workers:  # started first: their start-up overlaps preparing and enqueuing
             log_path = settings.home / "logs" / f"workers-{job.name}.log"
@@ -69,6 +72,8 @@ def run_batch(
             if interrupted and workers is not None:
                 workers.stop(grace_s=INTERRUPT_GRACE_S)  # conversations about to finish still land
             collector.poll()
+            if isinstance(e, FatalAPIError):  # what ran is kept; no empty file when nothing did
+                raise aborted(e, list(collector.records.values()), batch.require().total, output) from None
             collector.write(output)
             if interrupted:
                 total = batch.require().total
