@@ -16,16 +16,17 @@ import redis as redis_lib
 
 from runner.engine.client import check_reachable
 from runner.errors import FatalAPIError, Interrupted, UsageError
-from runner.jobs import Job
-from runner.queue.batch import Batch
+from runner.jobs import Job, load_job
+from runner.queue.batch import Batch, workers_alive
 from runner.queue.collector import Collector, sorted_records
-from runner.queue.enqueue import enqueue_tasks, ensure_enqueued
+from runner.queue.enqueue import enqueue_tasks, ensure_enqueued, retry_batch
 from runner.queue.leases import reap
 from runner.queue.redis_server import connect, embedded_redis, retrying
 from runner.queue.worker import LocalWorkers, local_workers
 from runner.records import write_records
 from runner.run.options import RunOptions, RunOutcome, aborted
 from runner.run.progress import Progress
+from runner.run.simulated import simulated_environment
 from runner.settings import Settings
 from runner.tasks import ConversationTask
 
@@ -120,3 +121,39 @@ def _follow(
             retrying(lambda: ensure_enqueued(redis, batch.id))
             last_repair = now
         time.sleep(0.25)
+
+
+def retry_here(
+    batch_id: str, options: RunOptions, settings: Settings
+) -> tuple[int, RunOutcome | None]:
+    """`runner retry BATCH` on the embedded Redis: enqueue the failed and errored conversations
+    again and, as no worker serves this Redis, run them with `options.workers` local worker
+    processes (`--simulate`: against the simulator answering by the batch's job file), then write
+    the batch's JSONL. Returns how many were retried and the outcome (None: nothing to run here)."""
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
+        redis = connect(url)
+        stack.callback(redis.close)
+        batch = Batch(redis, batch_id)
+        info = batch.require()
+        if options.simulate:
+            source = batch.source()
+            if not source or not Path(source).is_file():
+                raise UsageError(f"--simulate needs the batch's job file, which is gone: {source}")
+            settings = stack.enter_context(simulated_environment(load_job(source), settings))
+        n = retry_batch(batch_id, redis)
+        if n == 0 or workers_alive(redis) or not options.workers:
+            return n, None
+        log_path = settings.home / "logs" / f"workers-{info.job}.log"
+        workers = stack.enter_context(local_workers(url, options.workers, log_path, settings))
+        output = Path(info.output)
+        collector = Collector(batch)
+        progress = Progress(info.total, enabled=options.progress, stream=options.progress_to).start()
+        try:
+            _follow(redis, batch, collector, workers, progress)
+        finally:
+            progress.close()
+        records = sorted_records(batch.records().values())
+        write_records(output, records)
+    return n, RunOutcome(batch_id=batch_id, output=output, records=records, wall_s=time.monotonic() - started)
