@@ -87,6 +87,19 @@ class Progress:
                 self.total = total
         self._maybe_draw()
 
+    def note(self, text: str) -> None:
+        """One line of news for the user (a warning), shown even without the live line; on a
+        terminal it is written over the live line, which is redrawn below it."""
+        if self.stream is None:
+            return
+        with self._lock:
+            pad = " " * max(0, self._width - len(text)) if self.tty else ""
+            self.stream.write(("\r" if self.tty else "") + text + pad + "\n")
+            self._width = 0
+            self.stream.flush()
+        self._last_draw = float("-inf")
+        self._maybe_draw()
+
     def close(self) -> None:
         """Stop the ticker and leave one final line (once, however often it is called)."""
         if self._stop.is_set():

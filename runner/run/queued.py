@@ -21,7 +21,7 @@ from runner.queue.batch import Batch, workers_alive
 from runner.queue.collector import Collector, sorted_records
 from runner.queue.enqueue import enqueue_tasks, ensure_enqueued, retry_batch
 from runner.queue.leases import reap
-from runner.queue.redis_server import connect, embedded_redis, retrying
+from runner.queue.redis_server import connect, embedded_redis, mask_url, retrying
 from runner.queue.worker import LocalWorkers, local_workers
 from runner.records import write_records
 from runner.run.options import RunOptions, RunOutcome, aborted
@@ -32,6 +32,9 @@ from runner.tasks import ConversationTask
 
 INTERRUPT_GRACE_S = 2.0
 """On Ctrl-C, workers get this long to finish the conversation in hand (the rest resume later)."""
+
+NO_WORKER_WARN_S = 5.0
+"""`--workers 0`: warn when no live worker has served the queue for this long."""
 
 REPAIR_AFTER_S = 30.0
 """`runner run` re-checks that every unfinished conversation has a job after this long without progress."""
@@ -66,7 +69,7 @@ def run_batch(
             batch.require().total, enabled=options.progress, stream=options.progress_to
         ).start()
         try:
-            _follow(redis, batch, collector, workers, progress)
+            _follow(redis, batch, collector, workers, progress, url=url)
         except BaseException as e:
             progress.close()
             interrupted = isinstance(e, KeyboardInterrupt)
@@ -95,8 +98,10 @@ def _follow(
     collector: Collector,
     workers: LocalWorkers | None,
     progress: Progress,
+    url: str = "",
 ) -> None:
     last_done, last_change, last_reap, last_repair = -1, time.monotonic(), 0.0, time.monotonic()
+    began, warned = time.monotonic(), False
     while True:
         collector.poll()
         info = batch.require()
@@ -112,6 +117,12 @@ def _follow(
             return
         if workers is not None:
             workers.check()
+        elif not warned and now - began > NO_WORKER_WARN_S and not retrying(lambda: workers_alive(redis)):
+            progress.note(
+                f"warning: no worker is serving the queue at {mask_url(url)}: batch {batch.id} waits"
+                f" until one starts, e.g. `runner worker --redis-url URL` (with OPENAI_API_KEY set)"
+            )
+            warned = True
         if now - last_reap > 2.0:
             retrying(lambda: reap(redis))
             last_reap = now
