@@ -76,6 +76,7 @@ class Settings:
     chat_stream: bool = False
     prices: str | None = None
     redis_server: str | None = None
+    retention: str | None = None  # RUNNER_RETENTION: how long finished batches stay (`runner gc`)
 
     def __post_init__(self) -> None:
         _remember(self.api_key)
@@ -93,6 +94,7 @@ class Settings:
             chat_stream=(_opt(env, "RUNNER_CHAT_STREAM") or "").lower() in _TRUE,
             prices=_opt(env, "RUNNER_PRICES"),
             redis_server=_opt(env, "RUNNER_REDIS_SERVER"),
+            retention=_opt(env, "RUNNER_RETENTION"),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -264,3 +264,37 @@ def retry(batch: str, redis_url: str | None, workers: int, simulate: bool, no_pr
         raise SystemExit(finish_run(result, options, settings))
     if n:
         click.echo(f"they run when a worker serves this Redis; then: runner collect {batch}")
+
+
+@main.command()
+@redis_option
+@click.option(
+    "--older-than",
+    default=lambda: Settings.from_env().retention or "1d",
+    show_default="$RUNNER_RETENTION, or 1d",
+    metavar="DURATION",
+    help="Drop finished batches whose last change is at least this old (90s, 30m, 12h, 7d, 0: all).",
+)
+def gc(redis_url: str | None, older_than: str) -> None:
+    """Drop finished and aborted batches (their records, tasks and RQ jobs) past the retention now,
+    and compact the Redis append-only file. Unfinished batches are kept (they can be resumed).
+
+    `runner run` on the embedded Redis does the same at start with $RUNNER_RETENTION (default 1d).
+
+    \b
+    Examples:
+      runner gc                  # the embedded Redis of `runner run`, batches finished a day ago
+      runner gc --older-than 0   # every finished batch
+    """
+    from runner.queue.retention import compact, expire_finished, parse_duration
+
+    seconds = parse_duration(older_than)
+    with _open(redis_url) as client:
+        expired = expire_finished(client, seconds)
+        compacted = compact(client)
+    n = len(expired.batches)
+    click.echo(
+        f"removed {n} finished batch{'es' if n != 1 else ''} older than {older_than}"
+        f"; kept {expired.kept_unfinished} unfinished"
+        + ("; compacting the append-only file" if compacted else "")
+    )

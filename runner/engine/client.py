@@ -60,10 +60,6 @@ def backend_for(api: Api | str, client: openai.OpenAI, settings: Settings) -> Ba
             backend = _backends[ident] = get_backend(api, client, settings)
         return backend
 
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-"""Where the SDK sends requests when OPENAI_BASE_URL is not set."""
-
 PROBE_TIMEOUT_S = 5.0
 """How long `check_reachable` waits for a TCP connection."""
 
@@ -76,7 +72,7 @@ def check_reachable(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> N
     nothing is counted or billed); skipped behind a proxy, where the proxy decides."""
     if any(os.environ.get(name) for name in _PROXY_VARS):
         return
-    url = httpx2.URL(settings.base_url or DEFAULT_BASE_URL)
+    url = httpx2.URL(settings.server)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.host, port), timeout=timeout_s).close()

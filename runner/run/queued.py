@@ -22,6 +22,7 @@ from runner.queue.collector import Collector, sorted_records
 from runner.queue.enqueue import enqueue_tasks, ensure_enqueued, retry_batch
 from runner.queue.leases import reap
 from runner.queue.redis_server import connect, embedded_redis, mask_url, retrying
+from runner.queue.retention import DEFAULT_RETENTION, expire_finished, parse_duration
 from runner.queue.worker import LocalWorkers, local_workers
 from runner.records import write_records
 from runner.run.options import RunOptions, RunOutcome, aborted
@@ -51,10 +52,13 @@ def run_batch(
     if not url and options.workers == 0:
         raise UsageError("--workers 0 needs --redis-url (or REDIS_URL): a Redis that other workers serve")
     with contextlib.ExitStack() as stack:
+        embedded = not url
         if not url:
             url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
         redis = connect(url)
         stack.callback(redis.close)
+        if embedded:  # ours alone: drop what is past the retention before adding more
+            expire_finished(redis, parse_duration(settings.retention or DEFAULT_RETENTION))
         if options.workers and settings.api_key:  # this machine's workers call the API: is it there?
             check_reachable(settings)
         workers = None
