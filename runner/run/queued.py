@@ -107,7 +107,7 @@ def _follow(
     last_done, last_change, last_reap, last_repair = -1, time.monotonic(), 0.0, time.monotonic()
     began, warned = time.monotonic(), False
     while True:
-        collector.poll()
+        progress.seen(collector.poll())
         info = batch.require()
         now = time.monotonic()
         c = info.counts
