@@ -120,3 +120,13 @@ def test_run_messages_interrupted_is_said_once(raised: KeyboardInterrupt, printe
     assert result.exit_code == 130
     assert result.stderr.startswith(printed)
     assert result.stderr.count("interrupted") == 1, result.stderr
+
+
+def test_run_messages_empty_key_with_simulate_just_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    job = write_job(tmp_path, "chat", conversation_turns=[{"user": "hello"}])
+    result = invoke("run", str(job), "--simulate", "--inline", "--no-progress", "-o", "out.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "OPENAI_API_KEY" not in result.output
