@@ -4,7 +4,9 @@ Library code raises these; only the CLI turns them into a message and an exit co
 
     RunnerError                      exit 1 unless a subclass says otherwise
     ├── UsageError                   exit 2  bad option values, missing files
-    │   └── UnknownBatchError        exit 2  a batch id that this Redis does not hold
+    │   ├── UnknownBatchError        exit 2  a batch id that this Redis does not hold
+    │   ├── MissingKeyError          exit 2  OPENAI_API_KEY is not set
+    │   └── AssistantConflictError   exit 2  a same-named assistant the runner did not create
     ├── JobFileError                 exit 2  an invalid job file (carries every problem found)
     ├── BackendError                 exit 1  the API answered in a way we cannot use
     │   ├── FatalAPIError            exit 3  authentication rejected or quota exhausted: stop everything
@@ -34,6 +36,11 @@ class UnknownBatchError(UsageError):
     """Like a missing file: the batch id names nothing on this Redis (mistyped, or expired)."""
 
 
+class AssistantConflictError(UsageError):
+    """A job assistant's name is taken by an assistant the runner did not create for this job;
+    nothing was changed, and the message says how to resolve it (`id:`, a new name, `adopt: true`)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong in a job file (or a file it refers to), located by file and line."""
@@ -57,6 +64,10 @@ class JobFileError(RunnerError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class MissingKeyError(UsageError):
+    """No OPENAI_API_KEY: nothing can be sent (`runner run` adds the `--simulate` hint)."""
 
 
 class BackendError(RunnerError):

@@ -80,6 +80,11 @@ class GraderUsage(TypedDict):
     by_model: dict[str, Usage]  # for pricing: judge and embeddings models differ
 
 
+class RetryRecord(TypedDict):
+    cause: str
+    wait_ms: int
+
+
 class TurnRecord(TypedDict):
     index: int
     user: str
@@ -94,6 +99,13 @@ class TurnRecord(TypedDict):
     grader_usage: NotRequired[GraderUsage | None]  # null: nothing was graded by a model
     via: NotRequired[str]  # "direct" | "batch" (the provider's Batch API)
     provider_batch_id: NotRequired[str | None]  # the provider batch that answered this turn
+    # What the turn cost: API requests (retries and polls included), each retry with its cause
+    # ("429", "503", "dropped", "timeout") and wait, time waiting for the rate limiter, and the
+    # latency less the runner's own waiting (what `max_latency_ms` checks when present).
+    requests: NotRequired[int]
+    retries: NotRequired[list[RetryRecord]]
+    limiter_wait_ms: NotRequired[int]
+    server_latency_ms: NotRequired[int | None]
 
 
 class AssistantRef(TypedDict):

@@ -83,6 +83,7 @@ class Settings:
     redis_server: str | None = None
     queue_secret: str | None = field(default=None, repr=False)  # signs jobs (runner.queue.security)
     check_packages: tuple[str, ...] = ()
+    retention: str | None = None  # RUNNER_RETENTION: how long finished batches stay (`runner gc`)
 
     def __post_init__(self) -> None:
         _remember(self.api_key)
@@ -105,6 +106,7 @@ class Settings:
             check_packages=tuple(
                 p.strip() for p in (_opt(env, "RUNNER_CHECK_PACKAGES") or "").split(",") if p.strip()
             ),
+            retention=_opt(env, "RUNNER_RETENTION"),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -44,6 +44,7 @@ class AssistantSpec(_Frozen):
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
     extra_body: dict[str, Any] = {}
+    adopt: bool = False  # take over (update and mark) a same-named assistant the runner did not create
 
 
 class CheckSpec(_Frozen):

@@ -128,7 +128,7 @@ def test_backend_assistants_run_outliving_its_timeout_is_cancelled(
     slow = record["turns"][1]
     assert slow["run_status"] == "cancelled"
     assert slow["error"] == f"run {slow['run_id']} still active after run_timeout_s=0.5s: cancelled"
-    assert record["error"] == f"turn 1: {slow['error']}"
+    assert record["error"] == f"turn 2: {slow['error']}"
     assert routes(sim)["POST /v1/threads/{thread_id}/runs/{run_id}/cancel"] == 1
     server = client.beta.threads.runs.retrieve(slow["run_id"], thread_id=record["thread_id"])
     assert server.status == "cancelled"
@@ -145,7 +145,7 @@ def test_backend_assistants_tool_call_without_canned_output_is_an_error_and_canc
     assert (record["status"], record["passed"]) == ("error", False)
     assert (
         record["error"]
-        == "turn 0: the assistant called tool 'lookup_order'; the conversation has no tool_outputs for it"
+        == "turn 1: the assistant called tool 'lookup_order'; the conversation has no tool_outputs for it"
     )
     turn = record["turns"][0]
     assert turn["tool_calls"] == [{"name": "lookup_order", "arguments": {"order_id": "A1"}, "output": None}]

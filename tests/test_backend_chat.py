@@ -79,6 +79,6 @@ def test_backend_chat_missing_tool_output_is_an_error(
     assert (record["status"], record["passed"]) == ("error", False)
     assert (
         record["error"]
-        == "turn 0: the assistant called tool 'lookup_order'; the conversation has no tool_outputs for it"
+        == "turn 1: the assistant called tool 'lookup_order'; the conversation has no tool_outputs for it"
     )
     assert len(record["turns"]) == 1

@@ -114,3 +114,29 @@ def test_diff_long_reply_diff_is_cut_and_missing_turns_shown() -> None:
     text = render_diff(diff_records([old], [new]))  # type: ignore[list-item]
     assert "    … 49 more lines\n" in text
     assert "  d/a#r0 turn 2:\n    -(no reply)\n    +extra\n" in text
+
+
+def test_diff_removed_conversation_is_a_regression_unless_allowed(tmp_path: Path) -> None:
+    old = write_jsonl(tmp_path / "old.jsonl", [_one("d/a#r0"), _one("d/b#r0")])
+    new = write_jsonl(tmp_path / "new.jsonl", [_one("d/a#r0")])
+    result = diff(old, new)
+    assert result.exit_code == 1, result.output
+    assert (
+        "removed (1):\n  d/b\nremoved conversations count as a regression (--allow-removed if intended)\n"
+        in (result.output)
+    )
+    allowed = diff(old, new, "--allow-removed")
+    assert allowed.exit_code == 0, allowed.output
+    assert "count as a regression" not in allowed.output
+
+
+def test_diff_of_two_different_jobs_is_refused_with_exit_2(tmp_path: Path) -> None:
+    old = write_jsonl(tmp_path / "old.jsonl", [make_record("a/x#r0", [make_turn(0, "hi", "yo")], job="a")])
+    new = write_jsonl(tmp_path / "new.jsonl", [make_record("b/x#r0", [make_turn(0, "hi", "yo")], job="b")])
+    result = diff(old, new)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: the transcripts are runs of different jobs (a vs b):"
+        " runner diff compares two runs of the same job\n"
+    )
+    assert result.stdout == ""

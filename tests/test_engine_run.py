@@ -174,8 +174,9 @@ def test_engine_run_inline_rejected_key_exits_3_after_one_request(
     result = run(str(job), "-o", "out.jsonl")
 
     assert result.exit_code == 3
+    not_run = "" if api == "assistants" else "; nothing recorded, 3 not run"  # assistants: at prepare
     assert result.stderr == (
-        "error: the API rejected the credentials (401 authentication error): check OPENAI_API_KEY\n"
+        f"error: the API rejected the credentials (401 authentication error): check OPENAI_API_KEY{not_run}\n"
     )
     assert "sk-invalid" not in result.output
     assert sim.stats()["requests_total"] == 1  # nothing retried, nothing else sent
@@ -195,8 +196,10 @@ def test_engine_run_inline_exhausted_quota_exits_3_after_one_request(
     result = run(str(job), "-o", "out.jsonl")
 
     assert result.exit_code == 3
+    not_run = "" if api == "assistants" else "; nothing recorded, 3 not run"  # assistants: at prepare
     assert result.stderr == (
-        "error: the API reports the quota is exhausted (insufficient_quota): check the plan and billing\n"
+        "error: the API reports the quota is exhausted (insufficient_quota): check the plan and billing"
+        f"{not_run}\n"
     )
     stats = sim.stats()
     assert stats["requests_total"] == stats["429_quota"] == 1
@@ -225,7 +228,7 @@ def test_engine_run_inline_unreachable_server_exits_3_with_one_message(
 
     assert result.exit_code == 3
     assert result.stderr == (
-        f"error: could not prepare the assistants at http://127.0.0.1:{port}/v1/: "
-        "connection error (no answer from the server)\n"
+        f"error: could not reach the API at http://127.0.0.1:{port}/v1: "
+        "connection refused (check OPENAI_BASE_URL)\n"
     )
     assert not (tmp_path / "out.jsonl").exists()

@@ -132,7 +132,7 @@ CASES = [
     case(
         "unknown-assistant-key",
         "name: t\nmodel: m\nassistants:\n  a: {instruction: hi}\nconversations:\n  - id: c\n    turns: [{user: hi}]\n",
-        "job.yaml:4: assistants.a: unknown key 'instruction' (did you mean 'instructions'?); valid keys: extra_body, id, instructions, max_output_tokens, model, name, parallel_tool_calls, reasoning_effort, response_format, seed, stop, temperature, tool_choice, tools, top_p",
+        "job.yaml:4: assistants.a: unknown key 'instruction' (did you mean 'instructions'?); valid keys: adopt, extra_body, id, instructions, max_output_tokens, model, name, parallel_tool_calls, reasoning_effort, response_format, seed, stop, temperature, tool_choice, tools, top_p",
     ),
     case(
         "unknown-conversation-key",

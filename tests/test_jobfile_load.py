@@ -48,7 +48,7 @@ def test_jobfile_load_reports_every_problem_of_file_and_dataset(tmp_path: Path) 
         load_job(tmp_path / "job.yaml")
     job, rows = tmp_path / "job.yaml", tmp_path / "rows.jsonl"
     assert [str(p) for p in info.value.problems] == [
-        f"{job}:6: assistants.a: unknown key 'modle' (did you mean 'model'?); valid keys: extra_body, id, "
+        f"{job}:6: assistants.a: unknown key 'modle' (did you mean 'model'?); valid keys: adopt, extra_body, id, "
         "instructions, max_output_tokens, model, name, parallel_tool_calls, reasoning_effort, response_format, "
         "seed, stop, temperature, tool_choice, tools, top_p",
         f"{job}:16: conversations[0].turns[0].expect[0]: invalid regex '(': missing ), unterminated subpattern "

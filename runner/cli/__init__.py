@@ -38,9 +38,8 @@ class RunnerGroup(click.Group):
             click.echo(f"error: {e}" if "\n" not in str(e) else str(e), err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt as e:
-            if isinstance(e, Interrupted):  # what was kept, and how to finish
-                click.echo(str(e), err=True)
-            click.echo("interrupted", err=True)
+            # Once: an Interrupted says it with what was kept and how to finish.
+            click.echo(str(e) if isinstance(e, Interrupted) else "interrupted", err=True)
             ctx.exit(130)
 
 

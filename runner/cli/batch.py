@@ -259,22 +259,97 @@ def collect(batch: str, output: str | None, redis_url: str | None) -> None:
         f"{len(records)} conversations written to {path}"
         + (f" ({missing} not finished yet)" if missing else "")
     )
-    raise SystemExit(1 if missing else exit_code(summarize(records)))
+    pending = info.counts.get("queued", 0) + info.counts.get("running", 0)
+    unfinished = not info.finished or pending > 0
+    if unfinished and not missing:  # e.g. retried: the file holds their records from before
+        click.echo(
+            f"warning: batch {batch} is not finished ({pending} conversations queued or running);"
+            " records written for them are from before they were retried",
+            err=True,
+        )
+    raise SystemExit(1 if missing or unfinished else exit_code(summarize(records)))
 
 
 @main.command()
 @click.argument("batch")
 @redis_option
-def retry(batch: str, redis_url: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 256),
+    default=4,
+    show_default=True,
+    help="Embedded Redis, no worker serving it: run them here with N processes (0: only enqueue).",
+)
+@click.option("--simulate", is_flag=True, help="Run them against the simulator (embedded Redis only).")
+@click.option("--no-progress", is_flag=True, help="No live progress line.")
+def retry(batch: str, redis_url: str | None, workers: int, simulate: bool, no_progress: bool) -> None:
     """Enqueue again only BATCH's conversations that failed a check or errored.
 
-    Their new records replace the old ones as they finish; then `runner collect BATCH`.
+    On a shared Redis, the workers serving it run them: their new records replace the old ones as
+    they finish; then `runner collect BATCH`. On the embedded Redis of `runner run` (no --redis-url),
+    where no worker runs, they are run here, like `runner run` does, and the JSONL is rewritten.
     """
-    from runner.queue.enqueue import retry_batch
+    if redis_url:
+        from runner.queue.enqueue import retry_batch
 
-    with _open(redis_url) as client:
-        n = retry_batch(batch, client, secret=Settings.from_env().queue_secret)
+        if simulate:
+            raise UsageError("--simulate runs the conversations here: only without --redis-url")
+        with _open(redis_url) as client:
+            n = retry_batch(batch, client, secret=Settings.from_env().queue_secret)
+        click.echo(f"{n} conversation{'s' if n != 1 else ''} of batch {batch} enqueued again")
+        return
+    from runner.cli.run import finish_run
+    from runner.run import RunOptions
+    from runner.run.queued import retry_here
+
+    settings = Settings.from_env()
+    if not (settings.home / "redis").is_dir():
+        raise UsageError(
+            "no Redis: pass --redis-url or set REDIS_URL (no embedded Redis under RUNNER_HOME yet)"
+        )
+    options = RunOptions(
+        workers=workers, simulate=simulate, progress=not no_progress, progress_to=sys.stderr
+    )
+    n, result = retry_here(batch, options, settings)
     click.echo(f"{n} conversation{'s' if n != 1 else ''} of batch {batch} enqueued again")
+    if result is not None:
+        raise SystemExit(finish_run(result, options, settings))
+    if n:
+        click.echo(f"they run when a worker serves this Redis; then: runner collect {batch}")
+
+
+@main.command()
+@redis_option
+@click.option(
+    "--older-than",
+    default=lambda: Settings.from_env().retention or "1d",
+    show_default="$RUNNER_RETENTION, or 1d",
+    metavar="DURATION",
+    help="Drop finished batches whose last change is at least this old (90s, 30m, 12h, 7d, 0: all).",
+)
+def gc(redis_url: str | None, older_than: str) -> None:
+    """Drop finished and aborted batches (their records, tasks and RQ jobs) past the retention now,
+    and compact the Redis append-only file. Unfinished batches are kept (they can be resumed).
+
+    `runner run` on the embedded Redis does the same at start with $RUNNER_RETENTION (default 1d).
+
+    \b
+    Examples:
+      runner gc                  # the embedded Redis of `runner run`, batches finished a day ago
+      runner gc --older-than 0   # every finished batch
+    """
+    from runner.queue.retention import compact, expire_finished, parse_duration
+
+    seconds = parse_duration(older_than)
+    with _open(redis_url) as client:
+        expired = expire_finished(client, seconds)
+        compacted = compact(client)
+    n = len(expired.batches)
+    click.echo(
+        f"removed {n} finished batch{'es' if n != 1 else ''} older than {older_than}"
+        f"; kept {expired.kept_unfinished} unfinished"
+        + ("; compacting the append-only file" if compacted else "")
+    )
 
 
 @main.command()

@@ -71,13 +71,17 @@ def report(
     show_default=True,
     help="A judge score falling by more than this share of its scale is a regression.",
 )
-def diff(old: str, new: str, no_replies: bool, score_drop: float) -> None:
+@click.option(
+    "--allow-removed", is_flag=True, help="Conversations missing from NEW are not a regression."
+)
+def diff(old: str, new: str, no_replies: bool, score_drop: float, allow_removed: bool) -> None:
     """Compare two runs of the same job, conversation by conversation.
 
     Lists regressions (pass -> fail, completed -> not completed, a judge score that dropped),
-    improvements, replies that changed, and conversations added or removed. Exits 1 when
-    anything regressed, so CI can gate on a baseline; improvements and changed replies alone
-    exit 0.
+    improvements, replies that changed, and conversations added or removed. Exits 1 when anything
+    regressed (a conversation of OLD missing from NEW counts, unless --allow-removed), so CI can
+    gate on a baseline; improvements and changed replies alone exit 0. Transcripts of different
+    jobs: exit 2.
 
     \b
     Examples:
@@ -87,6 +91,8 @@ def diff(old: str, new: str, no_replies: bool, score_drop: float) -> None:
     from runner.reports.diff import diff_records, render_diff
     from runner.reports.summary import load_transcripts
 
-    result = diff_records(load_transcripts(old), load_transcripts(new), score_drop)
+    result = diff_records(
+        load_transcripts(old), load_transcripts(new), score_drop, allow_removed=allow_removed
+    )
     click.echo(render_diff(result, replies=not no_replies))
     raise SystemExit(1 if result.regressed else 0)

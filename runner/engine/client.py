@@ -1,23 +1,25 @@
 """The SDK client and the backend serving each API, one per process and settings.
 
-make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off
-shared_client(settings)    one per process and settings (workers fork: a client never crosses a fork)
-backend_for(api, client, settings)   one backend per client, API and wait mode, so what it
-                           learns (how long runs take) is shared by the conversations
+    make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off
+    shared_client(settings)    one per process and settings (workers fork: a client never crosses a fork)
+    backend_for(api, client, settings)   one backend per client, API and wait mode, so what it
+                               learns (how long runs take) is shared by the conversations
+    check_reachable(settings)  fail fast (exit 3, naming the URL) when nothing answers at the server
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
 
 import httpx2
 import openai
 
 from runner.engine.backends import Backend, get_backend
-from runner.errors import UsageError
-from runner.settings import Settings
+from runner.errors import MissingKeyError, ServerUnavailableError
+from runner.settings import Settings, redact
 from runner.tasks import Api
 
 REQUEST_TIMEOUT = httpx2.Timeout(60.0, connect=10.0)
@@ -31,7 +33,7 @@ _backends: dict[tuple[int, str, str], Backend] = {}
 def make_client(settings: Settings) -> openai.OpenAI:
     """A client from the settings' key and server with the SDK's retries off (ours decide)."""
     if not settings.api_key:
-        raise UsageError("OPENAI_API_KEY is not set (or use --simulate to run against the simulator)")
+        raise MissingKeyError("OPENAI_API_KEY is not set")
     return openai.OpenAI(
         api_key=settings.api_key, base_url=settings.base_url, max_retries=0, timeout=REQUEST_TIMEOUT
     )
@@ -57,3 +59,25 @@ def backend_for(api: Api | str, client: openai.OpenAI, settings: Settings) -> Ba
         if backend is None or backend.client is not client:
             backend = _backends[ident] = get_backend(api, client, settings)
         return backend
+
+PROBE_TIMEOUT_S = 5.0
+"""How long `check_reachable` waits for a TCP connection."""
+
+_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+
+
+def check_reachable(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ServerUnavailableError at once when nothing listens at the API server's address, rather
+    than after every conversation has spent its retries on it. A TCP connection, no request (so
+    nothing is counted or billed); skipped behind a proxy, where the proxy decides."""
+    if any(os.environ.get(name) for name in _PROXY_VARS):
+        return
+    url = httpx2.URL(settings.server)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.host, port), timeout=timeout_s).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise ServerUnavailableError(
+            f"could not reach the API at {redact(str(url))}: {why.lower()} (check OPENAI_BASE_URL)"
+        ) from None

@@ -60,7 +60,7 @@ def prepare_tasks(
     backend = backend_for(Api.ASSISTANTS, client, settings)
     caller = Caller(limiter, max_attempts=job.limits.max_attempts)
     try:
-        ids = backend.prepare(list(specs.values()), caller)
+        ids = backend.prepare(list(specs.values()), caller, job=todo[0].job)
     except openai.APIError as e:  # retries exhausted: nothing can run without the assistants
         where = redact(str(client.base_url))
         raise ServerUnavailableError(
@@ -114,6 +114,7 @@ def run_conversation(
         conversation = backend.open(task, caller, conversation_tag(task, batch_id, attempt))
         for index, spec in enumerate(task.turns):
             began = time.monotonic()
+            mark = caller.checkpoint()
             result = conversation.turn(index, spec.user)
             thread_id = conversation.thread_id
             turn: TurnRecord = {
@@ -128,13 +129,14 @@ def run_conversation(
                 "checks": [],
                 "error": result.error,
             }
+            turn.update(caller.since(mark))  # requests, retries, limiter wait, server-side latency
             grader.history = list(turns)
             turn["checks"] = evaluate_turn(turn, spec.expect, grader.grade)
             if grader.usage is not None:
                 turn["grader_usage"] = grader.take_usage()
             turns.append(turn)
-            if result.status != "completed":
-                status, error = result.status, f"turn {index}: {result.error or result.status}"
+            if result.status != "completed":  # people count turns from 1
+                status, error = result.status, f"turn {index + 1}: {result.error or result.status}"
                 break  # later turns would answer a conversation that went wrong
         if task.expect and status == "completed":  # the conversation's own checks, on all of it
             grader.history, grader.scope = list(turns), "conversation"

@@ -18,20 +18,24 @@ key); `call(..., reconcile=...)` asks the caller to look for it before the reque
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from runner.engine.limits import Limiter
 from runner.errors import FatalAPIError
+from runner.records import RetryRecord
 from runner.settings import redact
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 """Besides every 5xx: the statuses the API documents as worth another try."""
@@ -184,6 +188,11 @@ class Caller:
     retries: int = 0
     sleep: Callable[[float], None] = time.sleep
     rng: Callable[[], float] = field(default=random.random)
+    # What the turns report (see `checkpoint`/`since`): every retry with its cause and wait, the
+    # time spent waiting for the limiter, and the time spent on attempts that failed.
+    retry_log: list[RetryRecord] = field(default_factory=list)
+    limiter_wait_s: float = 0.0
+    failed_s: float = 0.0
 
     def call(
         self,
@@ -205,11 +214,15 @@ class Caller:
                 found = reconcile()
                 if found is not None:
                     return found
+            began = time.monotonic()
             self.limiter.acquire(1, tokens)
+            sent = time.monotonic()
+            self.limiter_wait_s += sent - began
             self.requests += 1
             try:
                 return fn(*args, **kwargs)
             except openai.APIError as e:
+                self.failed_s += time.monotonic() - sent
                 if tokens:
                     self.limiter.settle(tokens, 0)  # a refused request spends no tokens
                 if is_fatal(e):
@@ -236,6 +249,66 @@ class Caller:
     def _before_sleep(self, state: RetryCallState) -> None:
         self.retries += 1
         exc = state.outcome.exception() if state.outcome else None
+        cause = retry_cause(exc)
+        self.retry_log.append(RetryRecord(cause=cause, wait_ms=int(state.upcoming_sleep * 1000)))
+        log.info(
+            "retry %d of %d after %s: waiting %.1fs",
+            state.attempt_number,
+            self.max_attempts - 1,
+            cause,
+            state.upcoming_sleep,
+        )
         if isinstance(exc, openai.RateLimitError):
             # Everyone sharing the limiter pauses, not just this thread.
+            log.info("429 from the server: every sender sharing the limit pauses %.1fs", state.upcoming_sleep)
             self.limiter.cooldown(state.upcoming_sleep)
+
+    def checkpoint(self) -> Checkpoint:
+        """Where the counters stand, so `since` can tell what one turn cost."""
+        return Checkpoint(
+            time.monotonic(), self.requests, len(self.retry_log), self.limiter_wait_s, self.failed_s
+        )
+
+    def since(self, mark: Checkpoint) -> TurnCost:
+        """What was spent since `mark`: requests, retries with causes, limiter wait, and the
+        server-side latency — the wall time less the runner's own waiting (limiter, retry backoff)
+        and the attempts that failed, i.e. from the request that was answered to the end."""
+        wall = time.monotonic() - mark.at
+        retries = self.retry_log[mark.retries :]
+        limiter = self.limiter_wait_s - mark.limiter_wait_s
+        backoff = sum(r["wait_ms"] for r in retries) / 1000
+        server = wall - limiter - backoff - (self.failed_s - mark.failed_s)
+        return {
+            "requests": self.requests - mark.requests,
+            "retries": [RetryRecord(cause=r["cause"], wait_ms=r["wait_ms"]) for r in retries],
+            "limiter_wait_ms": int(limiter * 1000),
+            "server_latency_ms": max(0, int(server * 1000)),
+        }
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    at: float
+    requests: int
+    retries: int
+    limiter_wait_s: float
+    failed_s: float
+
+
+class TurnCost(TypedDict):
+    requests: int
+    retries: list[RetryRecord]
+    limiter_wait_ms: int
+    server_latency_ms: int | None
+
+
+def retry_cause(exc: BaseException | None) -> str:
+    """Why an attempt is retried, in a record's words: the HTTP status ("429", "503"), "timeout",
+    or "dropped" (the connection failed without an answer)."""
+    if isinstance(exc, openai.APIStatusError):
+        return str(exc.status_code)
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "dropped"
+    return type(exc).__name__ if exc is not None else "unknown"

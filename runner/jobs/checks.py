@@ -154,7 +154,11 @@ def _json_schema(turn: TurnRecord, value: dict[str, Any]) -> Verdict:
 
 
 def _max_latency_ms(turn: TurnRecord, value: int) -> Verdict:
-    latency = turn["latency_ms"]
+    # The server-side latency when known: retry backoff and limiter waits are the runner's, not
+    # the assistant's slowness.
+    latency = turn.get("server_latency_ms", turn["latency_ms"])
+    if latency is None:
+        latency = turn["latency_ms"]
     if latency is None:
         return False, f"expected a latency of at most {value} ms; no latency was recorded"
     ok = latency <= value

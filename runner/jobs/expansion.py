@@ -139,6 +139,7 @@ class Expansion:
                 key=key, name=assistant.name or key, model=model, id=assistant.id,
                 instructions=assistant.instructions, temperature=temperature, tools=tools,
                 **{**assistant.generation(), **overrides},
+                adopt=assistant.adopt,
             )  # fmt: skip
         api = Api(combo.get("api", parts.api))
         fixed = {"job": parts.name, "api": api, "model": model, "assistant": spec, "limits": parts.limits}

@@ -189,6 +189,12 @@ class Assistant(_Model):
         "`max_tokens`, vLLM's `top_k`).",
     )
 
+    adopt: bool = Field(
+        False,
+        description="Take over a same-named assistant the runner did not create: update it to this"
+        " definition and mark it as this job's (without it, such an assistant stops the run).",
+    )
+
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:

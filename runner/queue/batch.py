@@ -247,6 +247,11 @@ class Batch:
         raw, now = retrying(read)
         return BatchInfo.from_hash(self.id, raw, now) if raw else None
 
+    def source(self) -> str | None:
+        """The job file the batch was enqueued from (as given then)."""
+        raw = self.redis.hget(self.key, "source")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     def require(self) -> BatchInfo:
         info = self.info()
         if info is None:

@@ -213,6 +213,7 @@ class RedisServer:
             "save ''",
             f"appendonly {'yes' if self.appendonly else 'no'}",
             "appendfsync everysec",
+            "auto-aof-rewrite-min-size 1mb",  # compact early: the default 64 MB lets .runner/ grow
             "bind 127.0.0.1",
             f"port {0 if self.unix_socket else self.port}",
         ]

@@ -6,6 +6,10 @@ share that completed went down (pass -> fail, completed -> error); it improved w
 and neither went down. With one run per side this is simply pass -> fail and back. Replies are
 compared run by run (same id) and turn by turn, shown as a short unified diff. Ids, latencies,
 threads and tokens are expected to differ between runs and are not reported.
+
+A conversation of the old run missing from the new one is a regression too (a suite that silently
+lost cases must not pass the gate) unless removals are allowed. Two transcripts of different jobs
+are not compared at all (`UsageError`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runner.errors import UsageError
 from runner.records import Record
 from runner.reports.summary import NO_CHECKS, PASSED, outcome, problems, repeat_groups
 
@@ -124,10 +129,21 @@ class DiffResult:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     compared: int = 0  # conversations present on both sides
+    allow_removed: bool = False  # `--allow-removed`: conversations dropped on purpose
 
     @property
     def regressed(self) -> bool:
-        return bool(self.regressions or self.score_drops)
+        return bool(self.regressions or self.score_drops) or (bool(self.removed) and not self.allow_removed)
+
+
+def same_job(old: Sequence[Record], new: Sequence[Record]) -> None:
+    """Refuse to compare runs of different jobs: every conversation would show as added/removed."""
+    old_jobs, new_jobs = {r["job"] for r in old}, {r["job"] for r in new}
+    if old_jobs and new_jobs and not old_jobs & new_jobs:
+        raise UsageError(
+            f"the transcripts are runs of different jobs ({', '.join(sorted(old_jobs))} vs"
+            f" {', '.join(sorted(new_jobs))}): runner diff compares two runs of the same job"
+        )
 
 
 def _judge_scores(runs: Sequence[Record]) -> dict[tuple[int, int], tuple[str, float, tuple[float, float]]]:
@@ -159,8 +175,15 @@ def _score_drops(key: str, old: Sequence[Record], new: Sequence[Record], thresho
     return drops
 
 
-def diff_records(old: Sequence[Record], new: Sequence[Record], score_drop: float = SCORE_DROP) -> DiffResult:
-    result = DiffResult()
+def diff_records(
+    old: Sequence[Record],
+    new: Sequence[Record],
+    score_drop: float = SCORE_DROP,
+    *,
+    allow_removed: bool = False,
+) -> DiffResult:
+    same_job(old, new)
+    result = DiffResult(allow_removed=allow_removed)
     old_groups, new_groups = repeat_groups(old), repeat_groups(new)
     result.removed = [k for k in old_groups if k not in new_groups]
     result.added = [k for k in new_groups if k not in old_groups]
@@ -222,6 +245,8 @@ def render_diff(result: DiffResult, *, replies: bool = True, max_replies: int = 
         if keys:
             lines.append(f"{title} ({len(keys)}):")
             lines += [f"  {k}" for k in keys]
+    if result.removed and not result.allow_removed:
+        lines.append("removed conversations count as a regression (--allow-removed if intended)")
     lines.append(summary(result))
     return "\n".join(lines)
 

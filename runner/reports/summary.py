@@ -291,10 +291,11 @@ def error_line(record: Record) -> str:
         if t.get("error") or (t.get("run_status") not in (None, "completed")):
             where = f"turn {t['index'] + 1}: "
             break
-    # The engine prefixes the 0-based turn index ("turn 0: ..."); reports count turns from 1.
+    # Messages name turns from 1, like every report ("turn 1: ..."), records index them from 0; the
+    # turn found in the record wins (records written before 0.x said "turn 0" for the first turn).
     m = _TURN_PREFIX.match(message)
     if m:
-        where, message = f"turn {int(m.group(1)) + 1}: ", message[m.end() :]
+        where, message = where or f"turn {m.group(1)}: ", message[m.end() :]
     return f"{where}{record['status']}: {clip(message, 300)}"
 
 

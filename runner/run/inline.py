@@ -12,12 +12,13 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runner.engine.client import make_client
+from runner.engine.client import check_reachable, make_client
 from runner.engine.conversation import prepare_tasks, run_conversation
 from runner.engine.limits import LocalLimiter
+from runner.errors import FatalAPIError
 from runner.jobs import Job, render_output
 from runner.records import Record, new_batch_id, write_records
-from runner.run.options import RunOptions, RunOutcome
+from runner.run.options import RunOptions, RunOutcome, aborted
 from runner.run.progress import Progress
 from runner.settings import Settings
 from runner.tasks import ConversationTask
@@ -40,6 +41,7 @@ def run_inline(
     limits = job.limits
     limiter = LocalLimiter(limits.requests_per_minute, limits.tokens_per_minute)
     client = make_client(settings)
+    check_reachable(settings)  # a server that is not there: exit 3 now, not after every retry
     tasks = prepare_tasks(job, tasks, limiter, client=client, settings=settings)
     stop = threading.Event()
     records: list[Record] = []
@@ -74,6 +76,8 @@ def run_inline(
                     f.cancel()
         for f in futures:
             error = None if f.cancelled() else f.exception()
+            if isinstance(error, FatalAPIError):
+                raise aborted(error, records, len(tasks), output) from None
             if error is not None:
                 raise error
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
+from runner.errors import MissingKeyError
 from runner.jobs import expand, load_job
 from runner.run.inline import run_inline
 from runner.run.options import RunOptions, RunOutcome
@@ -31,10 +32,15 @@ def run_job(job_path: str, options: RunOptions, settings: Settings | None = None
     with contextlib.ExitStack() as stack:
         if options.simulate:
             settings = stack.enter_context(simulated_environment(job, settings))
-        if options.batch_api or job.batch_api:
-            from runner.run.batch_api import run_batch_api
+        try:
+            if options.batch_api or job.batch_api:
+                from runner.run.batch_api import run_batch_api
 
-            return run_batch_api(job, tasks, options, settings)
-        if options.inline:
-            return run_inline(job, tasks, options, settings)
-        return run_batch(job, tasks, options, settings)
+                return run_batch_api(job, tasks, options, settings)
+            if options.inline:
+                return run_inline(job, tasks, options, settings)
+            return run_batch(job, tasks, options, settings)
+        except MissingKeyError as e:
+            if options.simulate:
+                raise
+            raise MissingKeyError(f"{e} (or use --simulate to run against the simulator)") from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from runner.records import Record
+from runner.errors import FatalAPIError
+from runner.records import Record, write_records
 
 
 @dataclass(frozen=True)
@@ -30,3 +32,14 @@ class RunOutcome:
     output: Path
     records: list[Record] = field(default_factory=list)
     wall_s: float = 0.0
+
+
+def aborted(error: FatalAPIError, records: Collection[Record], total: int, output: Path) -> FatalAPIError:
+    """A run stopped by 401/403/quota: write the records that exist (none: no file) and say what
+    was kept and what was not run."""
+    if records:
+        write_records(output, sorted(records, key=lambda r: r["conversation_id"]))
+        kept = f"; {len(records)} of {total} conversations recorded in {output}"
+    else:
+        kept = "; nothing recorded"
+    return FatalAPIError(f"{error}{kept}, {total - len(records)} not run")

@@ -1,22 +1,31 @@
-"""The live progress line of a run: done / failed / in flight / rate / tokens, on a stream (the CLI's stderr).
+"""The live progress line of a run: done, passed / failed, in flight, rate, ETA, tokens, 429s, on a
+stream (the CLI's stderr).
 
-On a terminal the line is redrawn in place (`\\r`) a few times a second; otherwise (CI logs, pipes)
-a plain line is printed now and then, so a log shows the run moving without thousands of lines.
-Used by `runner run --inline` with events (`started`, `finished`) and by the queue, which only
-knows counts, with `update`. Thread-safe; a daemon ticker keeps the rate and clock moving.
+On a terminal the line is redrawn in place (`\\r`) a few times a second, with a bar; otherwise (CI
+logs, pipes) a plain line is printed now and then, so a log shows the run moving without thousands
+of lines. Used by `runner run --inline` with events (`started`, `finished`) and by the queue, which
+only knows counts, with `update` (and `seen` for the records that arrived). Thread-safe; a daemon
+ticker keeps the rate, the ETA and the clock moving.
 
-    [ 40/100] done 37 · failed 3 · in flight 8 · 2.1 conv/s · 12,345 tokens · 0:19
+The ETA is the remaining conversations at the rate so far (wall time, so limiter waits and 429
+cooldowns count). `429s` counts the rate-limit answers the finished conversations were retried on.
+
+    ▕███████░░░░░░░░░░░▏ [ 40/100] passed 37 · failed 3 · in flight 8 · 2.1 conv/s · ETA 0:29 ·
+                                   12,345 tokens · 0:19 · 429s 4          (one line; the bar on a TTY)
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TextIO
 
 from runner.records import ERROR, FAILED, Record, outcome
+
+BAR_WIDTH = 20
+"""Cells of the bar drawn on a terminal."""
 
 TTY_REFRESH_S = 0.25
 PLAIN_EVERY_S = 10.0
@@ -53,6 +62,7 @@ class Progress:
         self._last_text = ""
         self._width = 0
         self.done = self.failed = self.in_flight = self.tokens = 0
+        self.rate_limited = 0  # 429 answers retried in the conversations seen so far
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -75,6 +85,14 @@ class Progress:
             self.done += 1
             self.failed += outcome(record) in (FAILED, ERROR)
             self.tokens += record["usage"]["total_tokens"] or 0  # unknown usage adds nothing known
+        self.seen([record])
+
+    def seen(self, records: Iterable[Record]) -> None:
+        """Count the 429s these finished conversations were retried on."""
+        turns = [t for rec in records for t in rec.get("turns", [])]
+        n = sum(r.get("cause") == "429" for t in turns for r in t.get("retries", []))
+        with self._lock:
+            self.rate_limited += n
         self._maybe_draw()
 
     def update(
@@ -85,6 +103,19 @@ class Progress:
             self.done, self.failed, self.in_flight, self.tokens = done, failed, in_flight, tokens
             if total is not None:
                 self.total = total
+        self._maybe_draw()
+
+    def note(self, text: str) -> None:
+        """One line of news for the user (a warning), shown even without the live line; on a
+        terminal it is written over the live line, which is redrawn below it."""
+        if self.stream is None:
+            return
+        with self._lock:
+            pad = " " * max(0, self._width - len(text)) if self.tty else ""
+            self.stream.write(("\r" if self.tty else "") + text + pad + "\n")
+            self._width = 0
+            self.stream.flush()
+        self._last_draw = float("-inf")
         self._maybe_draw()
 
     def close(self) -> None:
@@ -112,9 +143,17 @@ class Progress:
             elapsed = max(1e-9, self._clock() - self._began)
             width = len(str(self.total))
             rate = self.done / elapsed
+            left = max(0, self.total - self.done)
+            eta = "0:00" if not left else _clock(left / rate) if self.done else "?"
+            bar = ""
+            if self.tty:
+                full = BAR_WIDTH * min(self.done, self.total) // max(1, self.total)
+                bar = "▕" + "█" * full + "░" * (BAR_WIDTH - full) + "▏ "
+            limited = f" · 429s {self.rate_limited}" if self.rate_limited else ""
             return (
-                f"[{self.done:>{width}}/{self.total}] done {self.done} · failed {self.failed} · "
-                f"in flight {self.in_flight} · {rate:.1f} conv/s · {self.tokens:,} tokens · {_clock(elapsed)}"
+                f"{bar}[{self.done:>{width}}/{self.total}] passed {self.done - self.failed} · "
+                f"failed {self.failed} · in flight {self.in_flight} · {rate:.1f} conv/s · ETA {eta} · "
+                f"{self.tokens:,} tokens · {_clock(elapsed)}{limited}"
             )
 
     def _tick(self) -> None:

@@ -14,22 +14,28 @@ from pathlib import Path
 
 import redis as redis_lib
 
+from runner.engine.client import check_reachable
 from runner.errors import FatalAPIError, Interrupted, UsageError
-from runner.jobs import Job
-from runner.queue.batch import Batch
+from runner.jobs import Job, load_job
+from runner.queue.batch import Batch, workers_alive
 from runner.queue.collector import Collector, sorted_records
-from runner.queue.enqueue import enqueue_tasks, ensure_enqueued
+from runner.queue.enqueue import enqueue_tasks, ensure_enqueued, retry_batch
 from runner.queue.leases import reap
-from runner.queue.redis_server import connect, embedded_redis, retrying
+from runner.queue.redis_server import connect, embedded_redis, mask_url, retrying
+from runner.queue.retention import DEFAULT_RETENTION, expire_finished, parse_duration
 from runner.queue.worker import LocalWorkers, local_workers
 from runner.records import write_records
-from runner.run.options import RunOptions, RunOutcome
+from runner.run.options import RunOptions, RunOutcome, aborted
 from runner.run.progress import Progress
+from runner.run.simulated import simulated_environment
 from runner.settings import Settings
 from runner.tasks import ConversationTask
 
 INTERRUPT_GRACE_S = 2.0
 """On Ctrl-C, workers get this long to finish the conversation in hand (the rest resume later)."""
+
+NO_WORKER_WARN_S = 5.0
+"""`--workers 0`: warn when no live worker has served the queue for this long."""
 
 REPAIR_AFTER_S = 30.0
 """`runner run` re-checks that every unfinished conversation has a job after this long without progress."""
@@ -46,10 +52,15 @@ def run_batch(
     if not url and options.workers == 0:
         raise UsageError("--workers 0 needs --redis-url (or REDIS_URL): a Redis that other workers serve")
     with contextlib.ExitStack() as stack:
+        embedded = not url
         if not url:
             url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
         redis = connect(url)
         stack.callback(redis.close)
+        if embedded:  # ours alone: drop what is past the retention before adding more
+            expire_finished(redis, parse_duration(settings.retention or DEFAULT_RETENTION))
+        if options.workers and settings.api_key:  # this machine's workers call the API: is it there?
+            check_reachable(settings)
         workers = None
         if options.workers:  # started first: their start-up overlaps preparing and enqueuing
             log_path = settings.home / "logs" / f"workers-{job.name}.log"
@@ -62,13 +73,15 @@ def run_batch(
             batch.require().total, enabled=options.progress, stream=options.progress_to
         ).start()
         try:
-            _follow(redis, batch, collector, workers, progress, settings.queue_secret)
+            _follow(redis, batch, collector, workers, progress, settings.queue_secret, url=url)
         except BaseException as e:
             progress.close()
             interrupted = isinstance(e, KeyboardInterrupt)
             if interrupted and workers is not None:
                 workers.stop(grace_s=INTERRUPT_GRACE_S)  # conversations about to finish still land
             collector.poll()
+            if isinstance(e, FatalAPIError):  # what ran is kept; no empty file when nothing did
+                raise aborted(e, list(collector.records.values()), batch.require().total, output) from None
             collector.write(output)
             if interrupted:
                 total = batch.require().total
@@ -90,10 +103,12 @@ def _follow(
     workers: LocalWorkers | None,
     progress: Progress,
     secret: str | None,
+    url: str = "",
 ) -> None:
     last_done, last_change, last_reap, last_repair = -1, time.monotonic(), 0.0, time.monotonic()
+    began, warned = time.monotonic(), False
     while True:
-        collector.poll()
+        progress.seen(collector.poll())
         info = batch.require()
         now = time.monotonic()
         c = info.counts
@@ -107,6 +122,12 @@ def _follow(
             return
         if workers is not None:
             workers.check()
+        elif not warned and now - began > NO_WORKER_WARN_S and not retrying(lambda: workers_alive(redis)):
+            progress.note(
+                f"warning: no worker is serving the queue at {mask_url(url)}: batch {batch.id} waits"
+                f" until one starts, e.g. `runner worker --redis-url URL` (with OPENAI_API_KEY set)"
+            )
+            warned = True
         if now - last_reap > 2.0:
             retrying(lambda: reap(redis, secret=secret))
             last_reap = now
@@ -116,3 +137,39 @@ def _follow(
             retrying(lambda: ensure_enqueued(redis, batch.id, secret=secret))
             last_repair = now
         time.sleep(0.25)
+
+
+def retry_here(
+    batch_id: str, options: RunOptions, settings: Settings
+) -> tuple[int, RunOutcome | None]:
+    """`runner retry BATCH` on the embedded Redis: enqueue the failed and errored conversations
+    again and, as no worker serves this Redis, run them with `options.workers` local worker
+    processes (`--simulate`: against the simulator answering by the batch's job file), then write
+    the batch's JSONL. Returns how many were retried and the outcome (None: nothing to run here)."""
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
+        redis = connect(url)
+        stack.callback(redis.close)
+        batch = Batch(redis, batch_id)
+        info = batch.require()
+        if options.simulate:
+            source = batch.source()
+            if not source or not Path(source).is_file():
+                raise UsageError(f"--simulate needs the batch's job file, which is gone: {source}")
+            settings = stack.enter_context(simulated_environment(load_job(source), settings))
+        n = retry_batch(batch_id, redis, secret=settings.queue_secret)
+        if n == 0 or workers_alive(redis) or not options.workers:
+            return n, None
+        log_path = settings.home / "logs" / f"workers-{info.job}.log"
+        workers = stack.enter_context(local_workers(url, options.workers, log_path, settings))
+        output = Path(info.output)
+        collector = Collector(batch)
+        progress = Progress(info.total, enabled=options.progress, stream=options.progress_to).start()
+        try:
+            _follow(redis, batch, collector, workers, progress, settings.queue_secret, url=url)
+        finally:
+            progress.close()
+        records = sorted_records(batch.records().values())
+        write_records(output, records)
+    return n, RunOutcome(batch_id=batch_id, output=output, records=records, wall_s=time.monotonic() - started)

@@ -110,8 +110,10 @@ def plan_turn(
     calls_allowed = tool_choice != "none"
     forced = _forced_function(tool_choice, tools)
     for rule in rules.rules:
-        if not re.search(rule.when, message):
+        match = re.search(rule.when, message)
+        if not match:
             continue
+        variables = {**match_groups(match), "message": message}
         if rule.call is not None:
             calls = rule.calls if parallel else rule.calls[:1]
             names = {c.name for c in calls}
@@ -150,7 +152,9 @@ def plan_after_tools(
     names = set(calls)
     variables = {"message": message, "tool_output": "\n".join(outputs)}
     for rule in rules.rules:
-        if any(c.name in names for c in rule.calls) and re.search(rule.when, message):
+        match = re.search(rule.when, message) if any(c.name in names for c in rule.calls) else None
+        if match:
+            variables = {**match_groups(match), **variables}
             return Plan("reply", text=render(rule.then or DEFAULT_THEN, variables), rule=rule)
     return Plan("reply", text=render(DEFAULT_THEN, variables))
 
@@ -166,3 +170,11 @@ def function_names(tools: Iterable[Any]) -> list[str]:
         if isinstance(name, str):
             names.append(name)
     return names
+
+
+def match_groups(match: re.Match[str]) -> dict[str, str]:
+    """What a rule's `when` captured, for its templates: `{{0}}` the whole match, `{{1}}`, `{{2}}`…
+    the groups, `{{name}}` the named groups (a group that matched nothing is empty)."""
+    found = {str(i): g or "" for i, g in enumerate((match.group(0), *match.groups()))}
+    found.update({k: v or "" for k, v in match.groupdict().items()})
+    return found

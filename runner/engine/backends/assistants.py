@@ -94,12 +94,12 @@ class AssistantsBackend(Backend):
 
     # -- preparation --------------------------------------------------------------------------
 
-    def prepare(self, specs: Sequence[AssistantSpec], caller: Caller) -> dict[str, str]:
+    def prepare(self, specs: Sequence[AssistantSpec], caller: Caller, job: str = "") -> dict[str, str]:
         # Once per run, before any conversation thread starts: a local filter is safe here and also
         # holds where an outer `catch_warnings` (pytest's) shadows the module-level one.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_DEPRECATED, category=DeprecationWarning, module=_OURS)
-            return upsert_assistants(self.client, specs, caller)
+            return upsert_assistants(self.client, specs, caller, job)
 
     # -- conversations ------------------------------------------------------------------------
 

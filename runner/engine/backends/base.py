@@ -142,8 +142,9 @@ class Backend(ABC):
     def __init__(self, client: openai.OpenAI):
         self.client = client
 
-    def prepare(self, specs: Sequence[AssistantSpec], caller: Caller) -> dict[str, str]:
-        """Once per run: server-side objects the conversations need; returns assistant key → id."""
+    def prepare(self, specs: Sequence[AssistantSpec], caller: Caller, job: str = "") -> dict[str, str]:
+        """Once per run: server-side objects the conversations need; returns assistant key → id.
+        `job` is the job's name, marked on what is created so other jobs leave it alone."""
         return {}
 
     @abstractmethod

@@ -1,14 +1,22 @@
-"""Assistants of a job on the server: found by name, created when missing, updated when they differ.
+"""Assistants of a job on the server: found by name and mark, created when missing, updated when
+they differ.
 
-Once per run, before any conversation: every assistant is listed (all pages, newest first wins a
-name), each job assistant is matched by its name, created when missing (marked `created_by:
-assistant-runner`), updated when its instructions, model, tools, temperature or reasoning_effort differ. An
-assistant the job names by `id` is used as is. A create whose answer was lost is looked for again
-(the first page) before it is sent a second time.
+Once per run, before any conversation: every assistant is listed (all pages, newest first). What
+the runner creates carries a mark in its `metadata` (`created_by: assistant-runner`, `runner_job`:
+the job's name, `runner_hash`: a digest of what was sent). A job assistant is matched by its name
+among the assistants marked with the same job: created when there is none, updated when its
+instructions, model, tools, temperature, generation parameters or digest differ. A same-named
+assistant the runner did not create for this job is never changed: one the runner created for
+another job is left alone (this job gets its own); one an older version made (marked without a
+job) becomes this job's; one made by hand stops the run (`AssistantConflictError`, exit 2) unless
+the job says `adopt: true` on that assistant. An assistant the job names by `id` is used as is. A
+create whose answer was lost is looked for again (the first page) before it is sent a second time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,10 +24,40 @@ import openai
 
 from runner.engine.backends.params import assistant_params
 from runner.engine.retry import Caller
+from runner.errors import AssistantConflictError
 from runner.tasks import AssistantSpec
 
 PAGE_SIZE = 100
 """Assistants listed per request while preparing (the API's maximum)."""
+
+CREATED_BY = "assistant-runner"
+"""`metadata.created_by` on every assistant the runner creates."""
+
+
+def mark(job: str, fields: dict[str, Any]) -> dict[str, str]:
+    """The metadata that says "created by the runner for this job, from these fields" (values within
+    the API's 512 characters)."""
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"created_by": CREATED_BY, "runner_job": job[:512], "runner_hash": digest}
+
+
+def _meta(assistant: Any) -> dict[str, Any]:
+    return dict(getattr(assistant, "metadata", None) or {})
+
+
+def owned_by(assistant: Any, job: str) -> bool:
+    """Whether the runner created this assistant for `job` (an unmarked one is someone else's)."""
+    meta = _meta(assistant)
+    return meta.get("created_by") == CREATED_BY and meta.get("runner_job") == job[:512]
+
+
+def _conflict(spec: AssistantSpec, found: Any, job: str) -> AssistantConflictError:
+    return AssistantConflictError(
+        f"assistant {spec.name!r} ({found.id}) already exists and was not created by assistant-runner"
+        f" for job {job!r}: the runner will not change it. Either use it as it is (set"
+        f" `id: {found.id}` under assistants.{spec.key}), give the job's assistant another `name:`,"
+        f" or let this job take it over and update it (set `adopt: true` under assistants.{spec.key})"
+    )
 
 
 def _norm(value: Any) -> Any:
@@ -61,18 +99,31 @@ def differs(existing: Any, spec: AssistantSpec) -> bool:
 
 
 def upsert_assistants(
-    client: openai.OpenAI, specs: Sequence[AssistantSpec], caller: Caller
+    client: openai.OpenAI, specs: Sequence[AssistantSpec], caller: Caller, job: str = ""
 ) -> dict[str, str]:
-    """The server id of every job assistant: found by name, created when missing, updated when it
-    differs; those the job names by `id` as they are."""
+    """The server id of every job assistant: found by name among those marked for `job`, created
+    when missing, updated when it differs; those the job names by `id` as they are. Raises
+    AssistantConflictError (before changing anything) for a same-named assistant made by hand."""
     ids = {s.key: s.id for s in specs if s.id}
     todo = [s for s in specs if not s.id]
     if not todo:
         return ids
-    existing = by_name(client, caller)
-    assistants = client.beta.assistants
+    existing = all_by_name(client, caller)
+    plan = []
     for spec in todo:
-        found = existing.get(spec.name)
+        named = existing.get(spec.name, [])
+        ours = next((a for a in named if owned_by(a, job)), None)
+        if ours is None:  # one an older runner made (marked without a job) becomes this job's
+            ours = next((a for a in named if _meta(a) == {"created_by": CREATED_BY}), None)
+        if ours is None and named:
+            stranger = next((a for a in named if _meta(a).get("created_by") != CREATED_BY), None)
+            if spec.adopt:
+                ours = stranger  # only a hand-made one: another job's stays that job's
+            elif stranger is not None:
+                raise _conflict(spec, stranger, job)
+        plan.append((spec, ours))
+    assistants = client.beta.assistants
+    for spec, found in plan:
         fields: dict[str, Any] = {
             "model": spec.model,
             "instructions": spec.instructions,
@@ -81,26 +132,31 @@ def upsert_assistants(
         if spec.temperature is not None:
             fields["temperature"] = spec.temperature
         fields.update(assistant_params(spec))
+        meta = mark(job, fields)  # after every field: the digest covers the generation parameters
         if found is None:
 
-            def create(spec: AssistantSpec = spec, fields: dict[str, Any] = fields) -> Any:
-                meta = {"created_by": "assistant-runner"}
+            def create(
+                spec: AssistantSpec = spec, fields: dict[str, Any] = fields, meta: dict[str, str] = meta
+            ) -> Any:
                 return assistants.create(name=spec.name, metadata=meta, **fields)
 
             def look_again(name: str = spec.name) -> Any:
-                return by_name(client, caller, pages=1).get(name)
+                return next(
+                    (a for a in all_by_name(client, caller, pages=1).get(name, []) if owned_by(a, job)), None
+                )
 
             ids[spec.key] = caller.call(create, reconcile=look_again).id
-        elif differs(found, spec):
-            ids[spec.key] = caller.call(lambda i=found.id, f=fields: assistants.update(i, **f)).id
+        elif differs(found, spec) or any(_meta(found).get(k) != v for k, v in meta.items()):
+            update = {**fields, "metadata": {**_meta(found), **meta}}  # keys of others kept
+            ids[spec.key] = caller.call(lambda i=found.id, f=update: assistants.update(i, **f)).id
         else:
             ids[spec.key] = found.id
     return ids
 
 
-def by_name(client: openai.OpenAI, caller: Caller, pages: int | None = None) -> dict[str, Any]:
-    """Every assistant by name, newest first wins; pages fetched through the caller."""
-    found: dict[str, Any] = {}
+def all_by_name(client: openai.OpenAI, caller: Caller, pages: int | None = None) -> dict[str, list[Any]]:
+    """Every assistant by name, newest first; pages fetched through the caller."""
+    found: dict[str, list[Any]] = {}
     after: str | None = None
     n = 0
     while True:
@@ -110,7 +166,7 @@ def by_name(client: openai.OpenAI, caller: Caller, pages: int | None = None) -> 
         page = caller.call(lambda kw=kwargs: client.beta.assistants.list(**kw))
         for a in page.data:
             if a.name is not None:
-                found.setdefault(a.name, a)
+                found.setdefault(a.name, []).append(a)
         n += 1
         if not page.data or page.has_more is False or (pages is not None and n >= pages):
             return found
