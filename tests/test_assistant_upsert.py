@@ -139,7 +139,7 @@ def test_assistant_upsert_claims_one_an_older_runner_created_without_a_job(
 ) -> None:
     client = openai_client(sim_factory())
     old = client.beta.assistants.create(
-        model="m", name=SPEC.name, metadata={"created_by": "assistant-runner"}
+        model="gpt-4o-mini", name=SPEC.name, metadata={"created_by": "assistant-runner"}
     )
     ids = AssistantsBackend(client).prepare([SPEC], Caller(Unlimited()), job="refund-bot")
     assert ids == {"support": old.id}
