@@ -300,7 +300,7 @@ def test_jobfile_expand_python_built_job(tmp_path: Path) -> None:
         }
     )
     assert [t.conversation_id for t in expand(job)] == ["py/c#r0"]
-    assert job.limits.concurrency == 8 and job.limits.run_timeout_s == 120 and job.limits.max_attempts == 4
+    assert job.limits.concurrency is None and job.limits.run_timeout_s == 120 and job.limits.max_attempts == 4
     assert job.output == "runs/{name}/{batch}.jsonl" and job.api is Api.ASSISTANTS and job.repeat == 1
     broken = Job.model_validate({**job.model_dump(exclude_unset=True), "model": None})
     with pytest.raises(JobFileError, match="no model"):

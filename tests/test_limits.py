@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 from test_queue_support import started_redis
 
-from runner.engine.limits import WINDOW_MARGIN_S, WINDOW_S, LocalLimiter
+from runner.engine.limits import WINDOW_MARGIN_S, WINDOW_S, LocalLimiter, ServerLimits
 from runner.queue.limits import PROBE_WAIT_S, RedisLimiter, RedisSemaphore, limiter_scope
 
 
@@ -43,7 +43,10 @@ def clock() -> Clock:
 def limiter(
     r: fakeredis.FakeRedis, clock: Clock, rpm: int | None = None, tpm: int | None = None
 ) -> RedisLimiter:
-    return RedisLimiter(r, "job@abc", rpm, tpm, clock=clock, sleep=clock.sleep)
+    """A job's limiter (these caps) in a scope whose server said it allows more than any test sends."""
+    lim = RedisLimiter(r, "job@abc", rpm, tpm, clock=clock, sleep=clock.sleep)
+    lim.learn(ServerLimits(rpm=10**6, tpm=10**12))
+    return lim
 
 
 # --- LocalLimiter (kept as it was) -------------------------------------------------------------

@@ -75,19 +75,25 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None) -> None:
 @redis_option
 @click.option("-n", "--processes", type=click.IntRange(1, 512), default=1, show_default=True, help="Workers.")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
-def worker(redis_url: str | None, processes: int, burst: bool) -> None:
+@click.option(
+    "-c", "--concurrency", type=click.IntRange(1, 2048), default=64, show_default=True,
+    help="Conversations in flight per process.",
+)  # fmt: skip
+def worker(redis_url: str | None, processes: int, burst: bool, concurrency: int) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
-    SIGTERM or Ctrl-C: each worker finishes its conversation, then stops; a second one stops at once.
+    Each process keeps up to --concurrency conversations in flight (one RQ job each). SIGTERM or
+    Ctrl-C: each process finishes the conversations in flight, then stops; a second one stops at
+    once (its conversations run again elsewhere).
 
     \b
     Example:
-      OPENAI_API_KEY=sk-... runner worker -n 8 --redis-url rediss://:pw@redis.internal:6380/0
+      OPENAI_API_KEY=sk-... runner worker -n 2 -c 128 --redis-url rediss://:pw@redis.internal:6380/0
     """
     from runner.queue.worker import WorkerPool
 
     url = _need_url(redis_url, "worker")
-    WorkerPool(url, processes, settings=Settings.from_env(), burst=burst).run()
+    WorkerPool(url, processes, settings=Settings.from_env(), burst=burst, concurrency=concurrency).run()
 
 
 @main.command()
@@ -160,8 +166,25 @@ def _status_text(client: redis_lib.Redis, batch_id: str | None) -> tuple[str, bo
         rows.append((i.id, i.job, i.state, f"{i.done}/{i.total}", *counts, f"{i.rate:.2f}", eta))
     lines = _table(rows) if len(rows) > 1 else ["no batches"]
     lines.append(f"workers alive: {alive}")
+    lines += _scope_lines(client)
     lines += _schedule_lines(client)
     return "\n".join(lines), False
+
+
+def _scope_lines(client: redis_lib.Redis) -> list[str]:
+    """The limiter's scopes (server, key fingerprint, model): budget, use in the minute, cooldown."""
+    from runner.queue.scopes import scope_status
+
+    scopes = scope_status(client)
+    if not scopes:
+        return []
+    head = ("SERVER", "KEY", "MODEL", "RPM", "USED", "TPM", "USED", "FROM", "COOLDOWN")
+    rows: list[tuple[str, ...]] = [head]
+    for s in scopes:
+        cool = f"{s.cooldown_s:.1f}s" if s.cooldown_s else "-"
+        cells = (s.host, s.key, s.model, s.rpm or "?", s.requests_used, s.tpm or "?", s.tokens_used, s.source)
+        rows.append((*(str(c) for c in cells), f"{cool} ({s.cooldowns} so far)"))
+    return ["", *_table(rows)]
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:

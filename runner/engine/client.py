@@ -1,6 +1,8 @@
 """The SDK client and the backend serving each API, one per process and settings.
 
-    make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off
+    make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off;
+                               its HTTP client hands every answer's headers to the limiter of the
+                               request (`runner.engine.limits.observe`: limits learned from the server)
     shared_client(settings)    one per process and settings (workers fork: a client never crosses a fork)
     backend_for(api, client, settings)   one backend per client, API and wait mode, so what it
                                learns (how long runs take) is shared by the conversations
@@ -16,6 +18,7 @@ import httpx2
 import openai
 
 from runner.engine.backends import Backend, get_backend
+from runner.engine.limits import observe
 from runner.errors import UsageError
 from runner.settings import Settings
 from runner.tasks import Api
@@ -32,9 +35,24 @@ def make_client(settings: Settings) -> openai.OpenAI:
     """A client from the settings' key and server with the SDK's retries off (ours decide)."""
     if not settings.api_key:
         raise UsageError("OPENAI_API_KEY is not set (or use --simulate to run against the simulator)")
+    # The SDK's own defaults (connection limits) with one response hook: the rate-limit headers of
+    # every answer reach the limiter, whatever backend sent the request.
+    http = openai.DefaultHttpx2Client(timeout=REQUEST_TIMEOUT, event_hooks={"response": [_learn]})
     return openai.OpenAI(
-        api_key=settings.api_key, base_url=settings.base_url, max_retries=0, timeout=REQUEST_TIMEOUT
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        max_retries=0,
+        timeout=REQUEST_TIMEOUT,
+        http_client=http,
     )
+
+
+def _learn(response: httpx2.Response) -> None:
+    """The response hook: runs when the headers arrive (before a stream's body)."""
+    if "x-ratelimit-limit-requests" in response.headers or response.status_code == 429:
+        observe(response.headers)
+    else:
+        observe({})  # a server that states no limits: the limiter falls back to AIMD on 429s
 
 
 def shared_client(settings: Settings) -> openai.OpenAI:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from runner.engine.limits import Limiter
+from runner.engine.limits import Limiter, observing
 from runner.errors import FatalAPIError
 from runner.settings import redact
 
@@ -207,7 +207,8 @@ class Caller:
             self.limiter.acquire(1, tokens)
             self.requests += 1
             try:
-                return fn(*args, **kwargs)
+                with observing(self.limiter):  # what the answer says of the limits teaches the limiter
+                    return fn(*args, **kwargs)
             except openai.APIError as e:
                 if tokens:
                     self.limiter.settle(tokens, 0)  # a refused request spends no tokens
