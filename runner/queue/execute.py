@@ -23,7 +23,7 @@ from runner.errors import FatalAPIError, QueueError
 from runner.queue.batch import Batch
 from runner.queue.conversations import error_record
 from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
-from runner.queue.scopes import scope_for
+from runner.queue.scopes import register, scope_for
 from runner.settings import Settings, scrub
 from runner.tasks import ConversationTask, Limits
 
@@ -57,7 +57,7 @@ def limiter_for(
         if limiter is None or limiter.redis is not redis:
             scope = scope_for(redis, settings.server, settings.api_key, model)
             limiter = _limiters[ident] = RedisLimiter(
-                redis, scope.name, limits.requests_per_minute, limits.tokens_per_minute, job=job_name
+                redis, scope.name, *caps, job=job_name, announce=lambda: register(redis, scope)
             )
         return limiter
 

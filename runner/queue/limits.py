@@ -12,8 +12,8 @@ Per scope, under `runner:limit:<scope>:`:
 * `state` (hash): the scope's limits learned from the server's `x-ratelimit-*` headers (`rpm`,
   `tpm`, `mode=headers`), or, for a server that states none, `mode=aimd` and `aimd_rpm`: start at
   `AIMD_START_RPM`, +1 per answer while the budget is nearly used, halved at each 429.
-  Nothing learned yet: at most `BOOT_REQUESTS` requests go until the first answer says more
-  (start conservatively). A job that sets its own `requests_per_minute` is not held by that.
+  Nothing learned yet: `BOOT_REQUESTS` requests every `BOOT_WINDOW_S` until the first answer
+  says more (start conservatively). A job that sets its own `requests_per_minute` is not held by that.
 * `job:<name>:req|tok|toksum`: the same window for one job's caps (when its `limits:` set some).
 * One Lua script expires old entries, checks the cooldown, the scope's AND the job's request and token
   budgets, and takes all or nothing, so two workers can never both take the last request of a minute.
@@ -48,7 +48,10 @@ SLOT_TTL_S = 15.0
 """A concurrency slot not refreshed for this long belongs to a dead worker and is freed."""
 
 BOOT_REQUESTS = 4
-"""Requests a scope sends per minute before any answer has told its limits (start conservatively)."""
+"""Requests a scope sends every `BOOT_WINDOW_S` before any answer has told its limits (start
+conservatively; a few more go if no answer comes, so lost requests cannot stall the scope)."""
+
+BOOT_WINDOW_S = 5.0
 
 BOOT_WAIT_S = 0.2
 """How often a request held by `BOOT_REQUESTS` looks again (the first answer comes soon)."""
@@ -135,7 +138,7 @@ end
 
 # KEYS: req, tok, toksum, cool, probe (time of the cooldown that wants a probe), probe_at (when the
 # probe went), state, then the job's req, tok, toksum. ARGV: now|'', job rpm cap, job tpm cap,
-# requests, tokens, window_ms, member, probe_wait_ms, boot requests, boot wait ms.
+# requests, tokens, window_ms, member, probe_wait_ms, boot requests, boot wait ms, boot window ms.
 # Returns 0 when taken, else the milliseconds to wait before trying again.
 _ACQUIRE_LUA = (
     _NOW_LUA
@@ -165,14 +168,13 @@ end
 -- The scope's budget: what the server said, else AIMD, else (nothing known yet) a few requests.
 local st = redis.call('HMGET', KEYS[7], 'rpm', 'tpm', 'mode', 'aimd_rpm')
 local srpm, stpm = tonumber(st[1]) or 0, tonumber(st[2]) or 0
-local booting = false
 if st[3] == 'aimd' and cap_rpm == 0 then srpm = tonumber(st[4]) or 0 end
-if not st[3] and cap_rpm == 0 and cap_tpm == 0 then srpm, booting = tonumber(ARGV[9]), true end
-local w = wait_for(KEYS[1], KEYS[2], sum, srpm, stpm, requests, tokens, now, window)
-if w > 0 then
-  if booting then return tonumber(ARGV[10]) end
-  return w
+if not st[3] and cap_rpm == 0 and cap_tpm == 0 then
+  local recent = redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[11]), '+inf')
+  if recent + requests > tonumber(ARGV[9]) then return tonumber(ARGV[10]) end
 end
+local w = wait_for(KEYS[1], KEYS[2], sum, srpm, stpm, requests, tokens, now, window)
+if w > 0 then return w end
 if cap_rpm > 0 or cap_tpm > 0 then
   w = wait_for(KEYS[8], KEYS[9], jsum, cap_rpm, cap_tpm, requests, tokens, now, window)
   if w > 0 then return w end
@@ -281,6 +283,7 @@ class RedisLimiter:
     """The limiter of one scope and one job, shared by all workers on one Redis (module docstring).
 
     `requests_per_minute` / `tokens_per_minute` are the job's caps inside the scope (None: none).
+    `announce` runs once, before the first request (it lists the scope for `runner status`).
     `clock` (seconds) replaces the Redis server's clock, for tests only. Redis outages (a restart)
     are ridden out by retrying; a `QueueError` after `OUTAGE_S`. Thread-safe.
     """
@@ -293,6 +296,7 @@ class RedisLimiter:
         tokens_per_minute: int | None = None,
         *,
         job: str = "-",
+        announce: Callable[[], None] | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         window_s: float = WINDOW_S + WINDOW_MARGIN_S,
@@ -321,6 +325,7 @@ class RedisLimiter:
         self._learned_at = float("-inf")
         self._answers = 0  # answers without limits not yet told to the scope (AIMD)
         self.waited_s = 0.0  # time this limiter made its callers wait (for figures)
+        self._announce = announce  # called once, before the first request (lists the scope)
 
     def _now(self) -> str:
         return "" if self._clock is None else str(int(self._clock() * 1000))
@@ -330,11 +335,15 @@ class RedisLimiter:
 
     def try_acquire(self, requests: int = 1, tokens: int = 0) -> float:
         """Take the budget now if it fits and return 0.0; else the seconds to wait (nothing taken)."""
+        announce, self._announce = self._announce, None
+        if announce is not None:
+            retrying(announce, what="rate limiter")
         k = self._keys
         keys = [k["req"], k["tok"], k["toksum"], k["cool"], k["probe"], k["probe_at"], k["state"],
                 k["job_req"], k["job_tok"], k["job_toksum"]]  # fmt: skip
         args: list[str | int] = [self._now(), self.rpm or 0, self.tpm or 0, requests, tokens, self._window_ms]
         args += [uuid.uuid4().hex, self._probe_wait_ms, BOOT_REQUESTS, int(BOOT_WAIT_S * 1000)]
+        args += [int(BOOT_WINDOW_S * 1000)]
         wait_ms = retrying(lambda: self._acquire(keys=keys, args=args), what="rate limiter")
         return int(wait_ms) / 1000.0
 

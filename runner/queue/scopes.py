@@ -63,13 +63,16 @@ class Scope:
 
 
 def scope_for(redis: redis_lib.Redis, base_url: str, api_key: str | None, model: str) -> Scope:
-    """The scope of requests to `model` at `base_url` with `api_key`; registered for `runner status`."""
+    """The scope of requests to `model` at `base_url` with `api_key`."""
     url_hash = hashlib.sha256(base_url.encode()).hexdigest()[:10]
     fingerprint = key_fingerprint(redis, api_key)
-    scope = Scope(f"{url_hash}.{fingerprint}.{model}", host_of(base_url), fingerprint, model)
-    info = {"host": scope.host, "key": fingerprint, "model": model, "seen": int(time.time())}
+    return Scope(f"{url_hash}.{fingerprint}.{model}", host_of(base_url), fingerprint, model)
+
+
+def register(redis: redis_lib.Redis, scope: Scope) -> None:
+    """List the scope for `runner status` (when its first request is sent, not before)."""
+    info = {"host": scope.host, "key": scope.key, "model": scope.model, "seen": int(time.time())}
     redis.hset(SCOPES_KEY, scope.name, json.dumps(info))
-    return scope
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,12 @@ from typing import Any
 
 import openai
 import redis as redis_lib
+from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, WorkerStatus
 
 from runner.engine.client import shared_client
 from runner.errors import QueueError
@@ -151,6 +152,19 @@ class RunnerWorker(SimpleWorker):
             self._finished(job.id)
             raise
         self._jobs.put((job, queue, execution))
+
+    def prepare_execution(self, job: RQJob) -> Execution:
+        # RQ's own, plus taking the job off the intermediate queue in the same transaction: a job
+        # both started and in the intermediate queue would be requeued twice by the reaper if this
+        # process died before its thread got to it.
+        with self.connection.pipeline() as pipeline:
+            ttl = self.get_heartbeat_ttl(job)
+            execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            pipeline.lrem(self.queues[0].intermediate_queue_key, 1, job.id)
+            pipeline.execute()
+        return execution
 
     def _serve(self) -> None:
         """One conversation thread: RQ's `perform_job` for each job handed to it."""
