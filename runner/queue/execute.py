@@ -12,6 +12,7 @@ its environment; `run_task` is what every queued conversation names (`JOB_FUNC`)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from typing import Any
 
@@ -28,7 +29,7 @@ from runner.settings import Settings, scrub
 from runner.tasks import ConversationTask, Limits
 
 _settings: Settings | None = None
-_limiters: dict[tuple[int, str, str, str, int | None, int | None], RedisLimiter] = {}
+_limiters: dict[tuple[int, str, str, str, str, int | None, int | None], RedisLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
@@ -51,7 +52,8 @@ def limiter_for(
     """The limiter of (server, key, model), with this job's caps; one per process and arguments
     (shared by the conversations a worker runs at once: what it learns, it learns once)."""
     caps = (limits.requests_per_minute, limits.tokens_per_minute)
-    ident = (id(redis), job_name, settings.server, model, *caps)
+    key = hashlib.sha256((settings.api_key or "").encode()).hexdigest()
+    ident = (id(redis), job_name, settings.server, key, model, *caps)
     with _limiters_lock:
         limiter = _limiters.get(ident)
         if limiter is None or limiter.redis is not redis:
