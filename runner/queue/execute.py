@@ -84,6 +84,9 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     try:
         with _slot(redis, t, config, current.id):
             record = run_conversation(t, batch_id=batch_id, limiter=limiter, attempt=attempt, settings=config)
+        for turn in record["turns"]:
+            if turn["latency_ms"] is not None:
+                limiter.note_turn(turn["latency_ms"] / 1000)
     except FatalAPIError as e:
         batch.abort(str(e))
         batch.transition(conv, "dropped")

@@ -324,6 +324,8 @@ class RedisLimiter:
         self._learned: tuple[int | None, int | None] | None = None
         self._learned_at = float("-inf")
         self._answers = 0  # answers without limits not yet told to the scope (AIMD)
+        self._turn_s: float | None = None
+        self._turn_written_at = float("-inf")
         self.waited_s = 0.0  # time this limiter made its callers wait (for figures)
         self._announce = announce  # called once, before the first request (lists the scope)
 
@@ -398,6 +400,18 @@ class RedisLimiter:
         keys = [k["state"], k["req"], k["tok"], k["toksum"]]
         with contextlib.suppress(redis.RedisError):  # learning is best effort: the next answer tells again
             self._learn(keys=keys, args=args)
+
+    def note_turn(self, seconds: float) -> None:
+        """How long a turn took (a moving average, written to the scope as `turn_s` at most every
+        `LEARN_EVERY_S`): what `runner run` sizes its pool with next time."""
+        now = self._elapsed()
+        with self._lock:
+            self._turn_s = seconds if self._turn_s is None else 0.9 * self._turn_s + 0.1 * seconds
+            if now - self._turn_written_at < LEARN_EVERY_S:
+                return
+            self._turn_written_at, value = now, self._turn_s
+        with contextlib.suppress(redis.RedisError):
+            self.redis.hset(self._keys["state"], "turn_s", f"{value:.3f}")
 
     def state(self) -> dict[str, str]:
         """The scope's learned state (`rpm`, `tpm`, `mode`, `aimd_rpm`, `cooldowns`...)."""
