@@ -58,7 +58,7 @@ def asyncio_(base_url: str, turns: int, concurrency: int) -> None:
                 stream = await client.chat.completions.create(
                     model="gpt-4o-mini", messages=MESSAGES, stream=True  # type: ignore[arg-type]
                 )
-                return len([chunk async for chunk in stream])
+                return len([chunk async for chunk in stream])  # type: ignore[union-attr]
 
         await asyncio.gather(*(turn() for _ in range(turns)))
         await client.close()

@@ -12,8 +12,10 @@ from typing import Any
 
 import fakeredis
 import pytest
+from click.testing import CliRunner
 from test_queue_support import scan_for, started_redis
 
+from runner.cli import main
 from runner.engine.client import make_client
 from runner.engine.limits import (
     WINDOW_MARGIN_S,
@@ -258,7 +260,7 @@ def test_limits_redis_threads_never_exceed_the_minute(tmp_path: Path) -> None:
 def test_limits_two_jobs_on_one_key_and_model_share_one_scope_and_cooldown(tmp_path: Path) -> None:
     key = "sk-test-scope-0123456789abcdef"
     settings = Settings(api_key=key, base_url="https://user:pw@api.example.com/v1")
-    with started_redis(tmp_path / "redis") as (_, client):
+    with started_redis(tmp_path / "redis") as (server, client):
         a = limiter_for(client, "nightly", Limits(), settings, "gpt-4o-mini")
         b = limiter_for(client, "bulk-eval", Limits(requests_per_minute=50), settings, "gpt-4o-mini")
         other_model = limiter_for(client, "nightly", Limits(), settings, "gpt-4.1-mini")
@@ -281,6 +283,15 @@ def test_limits_two_jobs_on_one_key_and_model_share_one_scope_and_cooldown(tmp_p
             ("api.example.com", "gpt-4o-mini", 1000, "headers")
         ]
         assert scan_for(client, [key, "pw@"]) == []  # neither the key nor the URL's password
+
+        shown = CliRunner().invoke(main, ["status", "--redis-url", server.url])
+        assert shown.exit_code == 0, shown.output
+        header = next(line for line in shown.output.splitlines() if line.startswith("SERVER"))
+        assert header.split() == ["SERVER", "KEY", "MODEL", "RPM", "USED", "TPM", "USED", "FROM", "COOLDOWN"]
+        row = next(line for line in shown.output.splitlines() if "gpt-4o-mini" in line)
+        assert row.split()[:8] == ["api.example.com", a.scope.split(".")[1], "gpt-4o-mini", "1000", "2",
+                                   "1000000", "0", "headers"]  # fmt: skip
+        assert key not in shown.output
 
 
 def test_limits_learned_from_headers_replace_the_boot_budget(fake: fakeredis.FakeRedis, clock: Clock) -> None:

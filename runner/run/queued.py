@@ -44,7 +44,7 @@ INTERRUPT_GRACE_S = 2.0
 REPAIR_AFTER_S = 30.0
 """`runner run` re-checks that every unfinished conversation has a job after this long without progress."""
 
-PER_PROCESS = 256
+PER_PROCESS = 512
 """Conversations in flight per local worker process at most (then another process)."""
 
 ASSUMED_RPM = 3000
