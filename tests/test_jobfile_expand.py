@@ -140,7 +140,7 @@ def test_jobfile_expand_contract_example_ids(tmp_path: Path) -> None:
     ]
     assert task.turns[1].expect == ()
     assert task.tool_outputs == {"lookup_order": '{"status": "shipped"}'}
-    assert task.limits == Limits(requests_per_minute=500, tokens_per_minute=150000)
+    assert task.limits == Limits(requests_per_minute=500, tokens_per_minute=150000, concurrency=8)
     assert task.assistant.name == "Support Bot" and task.assistant.temperature == 0.2
     assert task.assistant.tools[0]["function"]["name"] == "lookup_order"
     assert tasks[1].model == tasks[1].assistant.model == "gpt-4.1-mini"

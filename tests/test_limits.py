@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import fakeredis
 import pytest
@@ -349,9 +349,17 @@ def test_limits_client_hook_teaches_the_limiter_of_the_request(sim_factory: Any)
     sim = sim_factory(rpm=240)
     client = make_client(Settings(api_key="sk-test-hook", base_url=sim.base_url))
     chat: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-    local = LocalLimiter()
-    Caller(local).call(client.chat.completions.create, **chat)
-    assert (local.rpm, local.tpm) == (240, NOMINAL_TPM)
-    fixed = LocalLimiter(requests_per_minute=10)  # a limit the job set is kept
-    Caller(fixed).call(client.chat.completions.create, **chat)
-    assert (fixed.rpm, fixed.tpm) == (10, NOMINAL_TPM)
+
+    class Learning(LocalLimiter):
+        learned: ClassVar[list[ServerLimits]] = []
+
+        def learn(self, limits: ServerLimits) -> None:
+            self.learned.append(limits)
+
+    learning = Learning()
+    Caller(learning).call(client.chat.completions.create, **chat)
+    [said] = learning.learned  # one request, one answer, told to the limiter of that request
+    assert (said.rpm, said.tpm, said.remaining_requests) == (240, NOMINAL_TPM, 239)
+    plain = LocalLimiter()  # a limiter that does not learn is left alone
+    Caller(plain).call(client.chat.completions.create, **chat)
+    assert (plain.rpm, plain.tpm) == (None, None)

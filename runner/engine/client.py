@@ -66,6 +66,42 @@ def shared_client(settings: Settings) -> openai.OpenAI:
         return client
 
 
+def warm_models() -> int:
+    """Build the pydantic schemas of the SDK's answer types now (the SDK defers them to first use):
+    threads that parse their first answers at the same moment race in that build (seen as
+    `PydanticUserError` / `AttributeError: __pydantic_core_schema__`). Returns how many were built."""
+    import typing
+
+    from openai._models import BaseModel as SDKModel
+    from openai.types.beta import Assistant, AssistantStreamEvent, Thread
+    from openai.types.beta.threads import Message, Run
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    from openai.types.conversations import Conversation
+    from openai.types.responses import Response, ResponseStreamEvent
+
+    seen: set[type] = set()
+
+    def walk(tp: object) -> None:
+        if isinstance(tp, type) and issubclass(tp, SDKModel):
+            if tp not in seen:
+                seen.add(tp)
+                for f in tp.model_fields.values():
+                    walk(f.annotation)
+            return
+        for arg in typing.get_args(tp):
+            walk(arg)
+
+    for tp in (ChatCompletion, ChatCompletionChunk, Assistant, Thread, Run, Message, Response,
+               Conversation, AssistantStreamEvent, ResponseStreamEvent):  # fmt: skip
+        walk(tp)
+    built = 0
+    for model in seen:
+        if not model.__pydantic_complete__:  # type: ignore[attr-defined]
+            model.model_rebuild()  # type: ignore[attr-defined]
+            built += 1
+    return built
+
+
 def backend_for(api: Api | str, client: openai.OpenAI, settings: Settings) -> Backend:
     """One backend per client, API and wait mode."""
     modes = f"{settings.assistants_wait}/{settings.responses_wait}/{settings.chat_stream}"

@@ -126,8 +126,8 @@ def observe(headers: Mapping[str, str]) -> None:
 
 
 class LocalLimiter:
-    """A sliding-window limiter for the threads of one process; limits not given are learned from
-    the server's headers (requests are not capped before the first answer: one process only)."""
+    """A sliding-window limiter for the threads of one process (it does not learn: `--inline` keeps
+    to the job's limits and the server's 429s)."""
 
     def __init__(
         self,
@@ -138,8 +138,6 @@ class LocalLimiter:
     ) -> None:
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
-        self._learn_rpm = requests_per_minute is None
-        self._learn_tpm = tokens_per_minute is None
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -191,12 +189,6 @@ class LocalLimiter:
     def cooldown(self, seconds: float) -> None:
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
-
-    def learn(self, limits: ServerLimits) -> None:
-        if self._learn_rpm and limits.rpm is not None:
-            self.rpm = limits.rpm
-        if self._learn_tpm and limits.tpm is not None:
-            self.tpm = limits.tpm
 
 
 class Unlimited:

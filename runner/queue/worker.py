@@ -53,7 +53,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
-from runner.engine.client import shared_client
+from runner.engine.client import shared_client, warm_models
 from runner.errors import QueueError
 from runner.queue import execute
 from runner.queue.batch import WORKERS_KEY
@@ -278,6 +278,7 @@ def preload() -> None:
             for name in path.split("."):
                 obj = getattr(obj, name, None)
     client.close()
+    warm_models()  # before forking: every worker inherits the built schemas, no thread races to build
 
 
 class WorkerPool:
