@@ -75,7 +75,7 @@ class Limits(_Frozen):
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
-    concurrency: int = 8
+    concurrency: int | None = None  # None: no cap of the job's own (the workers' and the limits decide)
     run_timeout_s: float = 120.0
     max_attempts: int = 4
 

@@ -140,7 +140,7 @@ def test_jobfile_expand_contract_example_ids(tmp_path: Path) -> None:
     ]
     assert task.turns[1].expect == ()
     assert task.tool_outputs == {"lookup_order": '{"status": "shipped"}'}
-    assert task.limits == Limits(requests_per_minute=500, tokens_per_minute=150000)
+    assert task.limits == Limits(requests_per_minute=500, tokens_per_minute=150000, concurrency=8)
     assert task.assistant.name == "Support Bot" and task.assistant.temperature == 0.2
     assert task.assistant.tools[0]["function"]["name"] == "lookup_order"
     assert tasks[1].model == tasks[1].assistant.model == "gpt-4.1-mini"
@@ -300,7 +300,7 @@ def test_jobfile_expand_python_built_job(tmp_path: Path) -> None:
         }
     )
     assert [t.conversation_id for t in expand(job)] == ["py/c#r0"]
-    assert job.limits.concurrency == 8 and job.limits.run_timeout_s == 120 and job.limits.max_attempts == 4
+    assert job.limits.concurrency is None and job.limits.run_timeout_s == 120 and job.limits.max_attempts == 4
     assert job.output == "runs/{name}/{batch}.jsonl" and job.api is Api.ASSISTANTS and job.repeat == 1
     broken = Job.model_validate({**job.model_dump(exclude_unset=True), "model": None})
     with pytest.raises(JobFileError, match="no model"):

@@ -8,13 +8,39 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any, ClassVar
 
 import fakeredis
 import pytest
-from test_queue_support import started_redis
+from click.testing import CliRunner
+from test_queue_support import scan_for, started_redis
 
-from runner.engine.limits import WINDOW_MARGIN_S, WINDOW_S, LocalLimiter
-from runner.queue.limits import PROBE_WAIT_S, RedisLimiter, RedisSemaphore, limiter_scope
+from runner.cli import main
+from runner.engine.client import make_client
+from runner.engine.limits import (
+    WINDOW_MARGIN_S,
+    WINDOW_S,
+    LocalLimiter,
+    ServerLimits,
+    parse_duration,
+    parse_server_limits,
+)
+from runner.engine.retry import Caller
+from runner.queue.execute import limiter_for
+from runner.queue.limits import (
+    AIMD_START_RPM,
+    BOOT_REQUESTS,
+    KEY_PREFIX,
+    LEARN_EVERY_S,
+    PROBE_WAIT_S,
+    RedisLimiter,
+    RedisSemaphore,
+    limiter_scope,
+)
+from runner.queue.scopes import scope_status
+from runner.settings import Settings
+from runner.simulator.config import NOMINAL_TPM
+from runner.tasks import Limits
 
 
 class Clock:
@@ -43,7 +69,10 @@ def clock() -> Clock:
 def limiter(
     r: fakeredis.FakeRedis, clock: Clock, rpm: int | None = None, tpm: int | None = None
 ) -> RedisLimiter:
-    return RedisLimiter(r, "job@abc", rpm, tpm, clock=clock, sleep=clock.sleep)
+    """A job's limiter (these caps) in a scope whose server said it allows more than any test sends."""
+    lim = RedisLimiter(r, "job@abc", rpm, tpm, clock=clock, sleep=clock.sleep)
+    lim.learn(ServerLimits(rpm=10**6, tpm=10**12))
+    return lim
 
 
 # --- LocalLimiter (kept as it was) -------------------------------------------------------------
@@ -223,3 +252,114 @@ def test_limits_redis_threads_never_exceed_the_minute(tmp_path: Path) -> None:
         assert len(taken) == 50  # 160 attempts, exactly the budget granted (server clock, one script)
         assert client.zcard("runner:limit:race@abc:req") == 50
         assert int(client.get("runner:limit:race@abc:toksum")) == 5000
+
+
+# --- scopes: what the provider counts; limits learned from the server --------------------------------
+
+
+def test_limits_two_jobs_on_one_key_and_model_share_one_scope_and_cooldown(tmp_path: Path) -> None:
+    key = "sk-test-scope-0123456789abcdef"
+    settings = Settings(api_key=key, base_url="https://user:pw@api.example.com/v1")
+    with started_redis(tmp_path / "redis") as (server, client):
+        a = limiter_for(client, "nightly", Limits(), settings, "gpt-4o-mini")
+        b = limiter_for(client, "bulk-eval", Limits(requests_per_minute=50), settings, "gpt-4o-mini")
+        other_model = limiter_for(client, "nightly", Limits(), settings, "gpt-4.1-mini")
+        other_key = limiter_for(
+            client, "nightly", Limits(), settings.replace(api_key=key + "x"), "gpt-4o-mini"
+        )
+        assert a.scope == b.scope
+        assert len({a.scope, other_model.scope, other_key.scope}) == 3
+        for lim in (a, b, other_model, other_key):
+            lim.learn(ServerLimits(rpm=1000, tpm=10**6))
+        assert a.try_acquire() == 0 and b.try_acquire() == 0
+        assert client.zcard(f"{KEY_PREFIX}{a.scope}:req") == 2  # one budget for both jobs
+
+        b.cooldown(5.0)  # a 429 met by one job pauses the other on the same key and model
+        assert a.try_acquire() == pytest.approx(5.0, abs=0.1)
+        assert other_model.try_acquire() == 0 and other_key.try_acquire() == 0
+
+        listed = scope_status(client)
+        assert [(s.host, s.model, s.rpm, s.source) for s in listed if s.name == a.scope] == [
+            ("api.example.com", "gpt-4o-mini", 1000, "headers")
+        ]
+        assert scan_for(client, [key, "pw@"]) == []  # neither the key nor the URL's password
+
+        shown = CliRunner().invoke(main, ["status", "--redis-url", server.url])
+        assert shown.exit_code == 0, shown.output
+        header = next(line for line in shown.output.splitlines() if line.startswith("SERVER"))
+        assert header.split() == ["SERVER", "KEY", "MODEL", "RPM", "USED", "TPM", "USED", "FROM", "COOLDOWN"]
+        row = next(line for line in shown.output.splitlines() if "gpt-4o-mini" in line)
+        assert row.split()[:8] == ["api.example.com", a.scope.split(".")[1], "gpt-4o-mini", "1000", "2",
+                                   "1000000", "0", "headers"]  # fmt: skip
+        assert key not in shown.output
+
+
+def test_limits_learned_from_headers_replace_the_boot_budget(fake: fakeredis.FakeRedis, clock: Clock) -> None:
+    lim = RedisLimiter(fake, "s", clock=clock, sleep=clock.sleep)
+    waits = [lim.try_acquire() for _ in range(BOOT_REQUESTS + 1)]
+    assert waits[:-1] == [0] * BOOT_REQUESTS and waits[-1] > 0  # nothing known: a few go first
+    lim.learn(parse_server_limits({
+        "x-ratelimit-limit-requests": "6", "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-requests": "2", "x-ratelimit-remaining-tokens": "1000",
+        "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-reset-tokens": "12ms",
+    }))  # fmt: skip
+    assert lim.state()["rpm"] == "6" and lim.state()["mode"] == "headers"
+    assert [lim.try_acquire() == 0 for _ in range(3)] == [True, True, False]  # 4 + 2 of 6
+
+
+def test_limits_reconcile_counts_requests_of_others_on_the_key(
+    fake: fakeredis.FakeRedis, clock: Clock
+) -> None:
+    lim = RedisLimiter(fake, "s", clock=clock, sleep=clock.sleep)
+    # Someone else on the key used 8 of 10 this minute: we may send 2, not 10.
+    lim.learn(ServerLimits(rpm=10, remaining_requests=2))
+    assert [lim.try_acquire() == 0 for _ in range(3)] == [True, True, False]
+
+
+def test_limits_server_without_headers_falls_back_to_aimd(fake: fakeredis.FakeRedis, clock: Clock) -> None:
+    lim = RedisLimiter(fake, "s", clock=clock, sleep=clock.sleep)
+    lim.learn(ServerLimits())
+    assert lim.state()["mode"] == "aimd" and int(lim.state()["aimd_rpm"]) == AIMD_START_RPM
+    taken = sum(lim.try_acquire() == 0 for _ in range(AIMD_START_RPM + 5))
+    assert taken == AIMD_START_RPM
+    clock.now += LEARN_EVERY_S
+    lim.learn(ServerLimits())  # an answer while the budget is in use: additive increase
+    assert int(lim.state()["aimd_rpm"]) == AIMD_START_RPM + 1
+    lim.cooldown(1.0)  # a 429: multiplicative decrease
+    assert int(lim.state()["aimd_rpm"]) == (AIMD_START_RPM + 1) // 2
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("6m0s", 360.0),
+        ("1.5s", 1.5),
+        ("12ms", 0.012),
+        ("1h2m3s", 3723.0),
+        ("7", 7.0),
+        ("", None),
+        ("soon", None),
+    ],
+)
+def test_limits_reset_durations_parse(text: str, seconds: float | None) -> None:
+    assert parse_duration(text) == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_limits_client_hook_teaches_the_limiter_of_the_request(sim_factory: Any) -> None:
+    sim = sim_factory(rpm=240)
+    client = make_client(Settings(api_key="sk-test-hook", base_url=sim.base_url))
+    chat: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    class Learning(LocalLimiter):
+        learned: ClassVar[list[ServerLimits]] = []
+
+        def learn(self, limits: ServerLimits) -> None:
+            self.learned.append(limits)
+
+    learning = Learning()
+    Caller(learning).call(client.chat.completions.create, **chat)
+    [said] = learning.learned  # one request, one answer, told to the limiter of that request
+    assert (said.rpm, said.tpm, said.remaining_requests) == (240, NOMINAL_TPM, 239)
+    plain = LocalLimiter()  # a limiter that does not learn is left alone
+    Caller(plain).call(client.chat.completions.create, **chat)
+    assert (plain.rpm, plain.tpm) == (None, None)

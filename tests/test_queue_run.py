@@ -57,7 +57,8 @@ def test_queue_run_with_embedded_redis_and_workers_then_stops_everything(
 def test_queue_run_resumes_after_an_interrupt_without_rerunning_finished_conversations(
     tmp_path: Path,
 ) -> None:
-    job = write_job(tmp_path / "job.yaml", "resume", conversations=10)
+    # One conversation at a time (the job's cap), so the interrupt finds some finished, most not.
+    job = write_job(tmp_path / "job.yaml", "resume", conversations=10, limits={"concurrency": 1})
     out = tmp_path / "out.jsonl"
     with start_simulator(SimulatorConfig(latency_s=0.4, jitter=0.0)) as sim:
         env = dict(

@@ -111,10 +111,11 @@ def worker_pool(
     api_key: str = FAKE_KEY,
     burst: bool = False,
     env: dict[str, str] | None = None,
+    concurrency: int = 64,
 ) -> Iterator[LocalWorkers]:
-    """`runner worker -n N` as a subprocess, pointed at a simulator; stopped (and killed) afterwards."""
+    """`runner worker -n N -c C` as a subprocess, pointed at a simulator; stopped (and killed) afterwards."""
     extra = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": api_key, **(env or {})}
-    workers = LocalWorkers(redis_url, processes, log_path, burst=burst)
+    workers = LocalWorkers(redis_url, processes, log_path, burst=burst, concurrency=concurrency)
     with mock.patch.dict(os.environ, extra):  # the pool inherits it; this process gets it back
         workers.start()
     try:

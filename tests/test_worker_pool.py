@@ -1,5 +1,5 @@
 """`runner worker -n N` as users run it: `--burst` stops once the queue is empty; SIGTERM stops
-warmly (the conversation in hand is finished and recorded, the rest stays queued for others)."""
+warmly (the conversations in flight are finished and recorded, the rest stays queued for others)."""
 
 from __future__ import annotations
 
@@ -33,19 +33,19 @@ def test_worker_burst_stops_when_the_queue_is_empty(tmp_path: Path) -> None:
         assert client.zcard(WORKERS_KEY) == 0  # they said goodbye
 
 
-def test_worker_sigterm_finishes_the_conversation_in_hand_then_stops(tmp_path: Path) -> None:
+def test_worker_sigterm_finishes_the_conversations_in_flight_then_stops(tmp_path: Path) -> None:
     job = load_job(write_job(tmp_path / "job.yaml", "warm-stop", conversations=6))
     with (
         start_simulator(SimulatorConfig(latency_s=1.5, jitter=0.0)) as sim,
         started_redis(tmp_path / "redis") as (server, client),
-        worker_pool(server.url, 1, tmp_path / "w.log", base_url=sim.base_url) as pool,
+        worker_pool(server.url, 1, tmp_path / "w.log", base_url=sim.base_url, concurrency=2) as pool,
     ):
         batch_id = enqueue_job(job, redis=client)
-        wait_until(lambda: next(iter(client.scan_iter(f"{LEASE_PREFIX}*")), None), 60, 0.05, "a conversation")
+        wait_until(lambda: len(list(client.scan_iter(f"{LEASE_PREFIX}*"))) == 2, 60, 0.05, "2 in flight")
         assert pool.process is not None
         pool.process.send_signal(signal.SIGTERM)
         assert pool.process.wait(30) == 0
         info = Batch(client, batch_id).require()
-        assert (info.done, info.counts["running"]) == (1, 0)  # finished and recorded, none abandoned
-        assert rq_queue(client).count == 5  # the rest waits for other workers
+        assert (info.done, info.counts["running"]) == (2, 0)  # both finished and recorded, none abandoned
+        assert rq_queue(client).count == 4  # the rest waits for other workers
         assert not list(client.scan_iter(f"{LEASE_PREFIX}*"))

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_queue_support import started_redis, wait_until, worker_pool, write_job
+from test_queue_support import FAKE_KEY, started_redis, wait_until, worker_pool, write_job
 
 from runner.jobs import load_job
 from runner.queue.batch import Batch
@@ -38,7 +38,7 @@ def test_worker_pool_shares_one_rate_limit_without_429s(
     ):
         # The enqueuer prepares the assistant through the same limiter (same job, same server).
         monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ratelimit")
+        monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)  # the workers' key: one scope, one budget
         wait_until(lambda: client.zcard("runner:workers") >= 4, 60, 0.1, "4 workers alive")
         began = time.monotonic()
         batch_id = enqueue_job(job, redis=client)

@@ -46,7 +46,10 @@ def test_worker_sigkilled_mid_conversation_loses_nothing(tmp_path: Path, slow_si
     job = load_job(write_job(tmp_path / "job.yaml", "kill-one", conversations=8))
     with (
         started_redis(tmp_path / "redis") as (server, client),
-        worker_pool(server.url, 2, tmp_path / "workers.log", base_url=slow_sim.base_url) as pool,
+        # One conversation per process: the one killed is known (many: test_worker_concurrency).
+        worker_pool(
+            server.url, 2, tmp_path / "workers.log", base_url=slow_sim.base_url, concurrency=1
+        ) as pool,
     ):
         batch_id = enqueue_job(job, redis=client, output=str(tmp_path / "out.jsonl"))
         lease = wait_until(

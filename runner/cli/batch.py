@@ -89,6 +89,10 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
 @click.option("-n", "--processes", type=click.IntRange(1, 512), default=1, show_default=True, help="Workers.")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
 @click.option(
+    "-c", "--concurrency", type=click.IntRange(1, 2048), default=64, show_default=True,
+    help="Conversations in flight per process.",
+)  # fmt: skip
+@click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
@@ -98,16 +102,23 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds to."
 )
 def worker(
-    redis_url: str | None, processes: int, burst: bool, metrics_port: int | None, metrics_host: str
+    redis_url: str | None,
+    processes: int,
+    burst: bool,
+    concurrency: int,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
-    SIGTERM or Ctrl-C: each worker finishes its conversation, then stops; a second one stops at once.
-    Workers run only the runner's own jobs; with RUNNER_QUEUE_SECRET set, only jobs signed with it.
+    Each process keeps up to --concurrency conversations in flight (one RQ job each). SIGTERM or
+    Ctrl-C: each process finishes the conversations in flight, then stops; a second one stops at
+    once (its conversations run again elsewhere). Workers run only the runner's own jobs; with
+    RUNNER_QUEUE_SECRET set, only jobs signed with it.
 
     \b
     Example:
-      OPENAI_API_KEY=sk-... RUNNER_QUEUE_SECRET=... runner worker -n 8 --redis-url rediss://:pw@redis.internal:6380/0
+      OPENAI_API_KEY=sk-... RUNNER_QUEUE_SECRET=... runner worker -n 2 -c 128 --redis-url rediss://:pw@redis.internal:6380/0
     """
     from runner.queue.security import MIN_SECRET_LEN, is_local_redis
 
@@ -135,7 +146,7 @@ def worker(
         click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     from runner.queue.worker import WorkerPool
 
-    WorkerPool(url, processes, settings=settings, burst=burst).run()
+    WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency).run()
 
 
 @main.command()
@@ -212,8 +223,25 @@ def _status_text(client: redis_lib.Redis, batch_id: str | None) -> tuple[str, bo
     lines = _table(rows) if len(rows) > 1 else ["no batches"]
     lines.append(f"workers alive: {alive}")
     lines.append(f"refused jobs: {refused}")
+    lines += _scope_lines(client)
     lines += _schedule_lines(client)
     return "\n".join(lines), False
+
+
+def _scope_lines(client: redis_lib.Redis) -> list[str]:
+    """The limiter's scopes (server, key fingerprint, model): budget, use in the minute, cooldown."""
+    from runner.queue.scopes import scope_status
+
+    scopes = scope_status(client)
+    if not scopes:
+        return []
+    head = ("SERVER", "KEY", "MODEL", "RPM", "USED", "TPM", "USED", "FROM", "COOLDOWN")
+    rows: list[tuple[str, ...]] = [head]
+    for s in scopes:
+        cool = f"{s.cooldown_s:.1f}s" if s.cooldown_s else "-"
+        cells = (s.host, s.key, s.model, s.rpm or "?", s.requests_used, s.tpm or "?", s.tokens_used, s.source)
+        rows.append((*(str(c) for c in cells), f"{cool} ({s.cooldowns} so far)"))
+    return ["", *_table(rows)]
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:

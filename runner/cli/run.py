@@ -27,9 +27,9 @@ FAILURES_SHOWN = 10
 @click.option(
     "--workers",
     type=click.IntRange(0, 256),
-    default=4,
-    show_default=True,
-    help="Local worker processes (0: only workers already serving --redis-url).",
+    default=None,
+    help="Local worker processes (default: sized to fill the rate limit; 0: only workers already"
+    " serving --redis-url).",
 )
 @click.option("--simulate", is_flag=True, help="Run against the built-in simulator on a free loopback port.")
 @redis_option
@@ -50,7 +50,7 @@ FAILURES_SHOWN = 10
 def run(
     job_file: str,
     output: str | None,
-    workers: int,
+    workers: int | None,
     simulate: bool,
     redis_url: str | None,
     junit: str | None,

@@ -1,6 +1,8 @@
 """The SDK client and the backend serving each API, one per process and settings.
 
-    make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off
+    make_client(settings)      an `openai.OpenAI` from the settings' key and server, SDK retries off;
+                               its HTTP client hands every answer's headers to the limiter of the
+                               request (`runner.engine.limits.observe`: limits learned from the server)
     shared_client(settings)    one per process and settings (workers fork: a client never crosses a fork)
     backend_for(api, client, settings)   one backend per client, API and wait mode, so what it
                                learns (how long runs take) is shared by the conversations
@@ -18,6 +20,7 @@ import httpx2
 import openai
 
 from runner.engine.backends import Backend, get_backend
+from runner.engine.limits import observe
 from runner.errors import MissingKeyError, ServerUnavailableError
 from runner.settings import Settings, redact
 from runner.tasks import Api
@@ -34,9 +37,24 @@ def make_client(settings: Settings) -> openai.OpenAI:
     """A client from the settings' key and server with the SDK's retries off (ours decide)."""
     if not settings.api_key:
         raise MissingKeyError("OPENAI_API_KEY is not set")
+    # The SDK's own defaults (connection limits) with one response hook: the rate-limit headers of
+    # every answer reach the limiter, whatever backend sent the request.
+    http = openai.DefaultHttpx2Client(timeout=REQUEST_TIMEOUT, event_hooks={"response": [_learn]})
     return openai.OpenAI(
-        api_key=settings.api_key, base_url=settings.base_url, max_retries=0, timeout=REQUEST_TIMEOUT
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        max_retries=0,
+        timeout=REQUEST_TIMEOUT,
+        http_client=http,
     )
+
+
+def _learn(response: httpx2.Response) -> None:
+    """The response hook: runs when the headers arrive (before a stream's body)."""
+    if "x-ratelimit-limit-requests" in response.headers or response.status_code == 429:
+        observe(response.headers)
+    else:
+        observe({})  # a server that states no limits: the limiter falls back to AIMD on 429s
 
 
 def shared_client(settings: Settings) -> openai.OpenAI:
@@ -48,6 +66,42 @@ def shared_client(settings: Settings) -> openai.OpenAI:
         if client is None:
             client = _clients[ident] = make_client(settings)
         return client
+
+
+def warm_models() -> int:
+    """Build the pydantic schemas of the SDK's answer types now (the SDK defers them to first use):
+    threads that parse their first answers at the same moment race in that build (seen as
+    `PydanticUserError` / `AttributeError: __pydantic_core_schema__`). Returns how many were built."""
+    import typing
+
+    from openai._models import BaseModel as SDKModel
+    from openai.types.beta import Assistant, AssistantStreamEvent, Thread
+    from openai.types.beta.threads import Message, Run
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    from openai.types.conversations import Conversation
+    from openai.types.responses import Response, ResponseStreamEvent
+
+    seen: set[type] = set()
+
+    def walk(tp: object) -> None:
+        if isinstance(tp, type) and issubclass(tp, SDKModel):
+            if tp not in seen:
+                seen.add(tp)
+                for f in tp.model_fields.values():
+                    walk(f.annotation)
+            return
+        for arg in typing.get_args(tp):
+            walk(arg)
+
+    for tp in (ChatCompletion, ChatCompletionChunk, Assistant, Thread, Run, Message, Response,
+               Conversation, AssistantStreamEvent, ResponseStreamEvent):  # fmt: skip
+        walk(tp)
+    built = 0
+    for model in seen:
+        if not model.__pydantic_complete__:  # type: ignore[attr-defined]
+            model.model_rebuild()  # type: ignore[attr-defined]
+            built += 1
+    return built
 
 
 def backend_for(api: Api | str, client: openai.OpenAI, settings: Settings) -> Backend:

@@ -28,7 +28,7 @@ from typing import Any, TypedDict, TypeVar
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from runner.engine.limits import Limiter
+from runner.engine.limits import Limiter, observing
 from runner.errors import FatalAPIError
 from runner.records import RetryRecord
 from runner.settings import redact
@@ -220,7 +220,8 @@ class Caller:
             self.limiter_wait_s += sent - began
             self.requests += 1
             try:
-                return fn(*args, **kwargs)
+                with observing(self.limiter):  # what the answer says of the limits teaches the limiter
+                    return fn(*args, **kwargs)
             except openai.APIError as e:
                 self.failed_s += time.monotonic() - sent
                 if tokens:

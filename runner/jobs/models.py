@@ -279,9 +279,15 @@ _LIMITS = {name: f.default for name, f in Limits.model_fields.items()}
 class JobLimits(Limits):
     """The job's `limits:` (a `runner.tasks.Limits`), shared by every worker on the same Redis."""
 
-    requests_per_minute: int | None = Field(None, gt=0, description="Requests per minute (none: no limit).")
-    tokens_per_minute: int | None = Field(None, gt=0, description="Tokens per minute (none: no limit).")
-    concurrency: int = Field(_LIMITS["concurrency"], gt=0, description="Conversations of this job in flight.")
+    requests_per_minute: int | None = Field(
+        None, gt=0, description="This job's cap on requests per minute (none: the server's limit, learned)."
+    )
+    tokens_per_minute: int | None = Field(
+        None, gt=0, description="This job's cap on tokens per minute (none: the server's limit, learned)."
+    )
+    concurrency: int | None = Field(
+        None, gt=0, description="Conversations of this job in flight at most (none: as the limits allow)."
+    )
     run_timeout_s: float = Field(_LIMITS["run_timeout_s"], gt=0, description="A longer run is cancelled.")
     max_attempts: int = Field(
         _LIMITS["max_attempts"], gt=0, description="Tries per API call (retryable errors)."

@@ -101,7 +101,8 @@ def enqueue_tasks(
             out = str(Path(output).resolve())
         else:
             out = str(render_output(job.output, name=job.name, batch=batch_id, now=now).resolve())
-        limiter = limiter_for(redis, job.name, job.limits, settings.server)
+        model = tasks[0].model if tasks else job.model or "-"  # preparing is spent on the first model
+        limiter = limiter_for(redis, job.name, job.limits, settings, model)
         prepared = prepare_tasks(job, list(tasks), limiter, settings=settings)
         batch.create(job=job.name, digest=job.digest, source=str(job.source), output=out, tasks=prepared)
         batch.clear_abort()

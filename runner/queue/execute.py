@@ -11,6 +11,9 @@ its environment; `run_task` is what every queued conversation names (`JOB_FUNC`)
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import threading
 from typing import Any
 
 import redis as redis_lib
@@ -21,11 +24,13 @@ from runner.errors import FatalAPIError, QueueError
 from runner.queue.batch import Batch
 from runner.queue.conversations import error_record
 from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
+from runner.queue.scopes import register, scope_for
 from runner.settings import Settings, scrub
 from runner.tasks import ConversationTask, Limits
 
 _settings: Settings | None = None
-_limiters: dict[tuple[str, int | None, int | None], RedisLimiter] = {}
+_limiters: dict[tuple[int, str, str, str, str, int | None, int | None], RedisLimiter] = {}
+_limiters_lock = threading.Lock()
 
 
 def configure(settings: Settings) -> None:
@@ -41,17 +46,22 @@ def settings() -> Settings:
     return _settings
 
 
-def limiter_for(redis: redis_lib.Redis, job_name: str, limits: Limits, server: str) -> RedisLimiter:
-    scope = limiter_scope(job_name, server)
-    return RedisLimiter(redis, scope, limits.requests_per_minute, limits.tokens_per_minute)
-
-
-def _process_limiter(redis: redis_lib.Redis, task: ConversationTask, server: str) -> RedisLimiter:
-    key = (task.job, task.limits.requests_per_minute, task.limits.tokens_per_minute)
-    limiter = _limiters.get(key)
-    if limiter is None or limiter.redis is not redis:
-        limiter = _limiters[key] = limiter_for(redis, task.job, task.limits, server)
-    return limiter
+def limiter_for(
+    redis: redis_lib.Redis, job_name: str, limits: Limits, settings: Settings, model: str
+) -> RedisLimiter:
+    """The limiter of (server, key, model), with this job's caps; one per process and arguments
+    (shared by the conversations a worker runs at once: what it learns, it learns once)."""
+    caps = (limits.requests_per_minute, limits.tokens_per_minute)
+    key = hashlib.sha256((settings.api_key or "").encode()).hexdigest()
+    ident = (id(redis), job_name, settings.server, key, model, *caps)
+    with _limiters_lock:
+        limiter = _limiters.get(ident)
+        if limiter is None or limiter.redis is not redis:
+            scope = scope_for(redis, settings.server, settings.api_key, model)
+            limiter = _limiters[ident] = RedisLimiter(
+                redis, scope.name, *caps, job=job_name, announce=lambda: register(redis, scope)
+            )
+        return limiter
 
 
 def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: int = 1) -> dict[str, Any]:
@@ -70,16 +80,13 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
         batch.transition(conv, "dropped")
         return {"conversation": conv, "skipped": "batch aborted"}
     batch.transition(conv, "running")
-    slots = RedisSemaphore(redis, limiter_scope(t.job, config.server), t.limits.concurrency)
+    limiter = limiter_for(redis, t.job, t.limits, config, t.model)
     try:
-        with slots.hold(current.id):
-            record = run_conversation(
-                t,
-                batch_id=batch_id,
-                limiter=_process_limiter(redis, t, config.server),
-                attempt=attempt,
-                settings=config,
-            )
+        with _slot(redis, t, config, current.id):
+            record = run_conversation(t, batch_id=batch_id, limiter=limiter, attempt=attempt, settings=config)
+        for turn in record["turns"]:
+            if turn["latency_ms"] is not None:
+                limiter.note_turn(turn["latency_ms"] / 1000)
     except FatalAPIError as e:
         batch.abort(str(e))
         batch.transition(conv, "dropped")
@@ -88,3 +95,11 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
         record = error_record(t, batch_id, attempt, f"{type(e).__name__}: {e}")
     stored = batch.store_record(record, generation)
     return {"conversation": conv, "status": record["status"], "stored": stored}
+
+
+def _slot(redis: redis_lib.Redis, task: ConversationTask, config: Settings, member: str) -> Any:
+    """The job's `limits.concurrency` across all workers, when it sets one."""
+    if task.limits.concurrency is None:
+        return contextlib.nullcontext()
+    slots = RedisSemaphore(redis, limiter_scope(task.job, config.server), task.limits.concurrency)
+    return slots.hold(member)

@@ -1,15 +1,27 @@
-"""Workers: RQ workers that hold a lease on what they run, and a pool of them (`runner worker -n N`).
+"""Workers: RQ workers that carry many conversations at once, each under its own lease, and a pool
+of them (`runner worker -n N --concurrency C`).
 
-`RunnerWorker` is an RQ `SimpleWorker` on the queue `runner` with the JSON serializer: it runs one
-conversation at a time in its own process (no fork per job, so the process keeps its HTTP
-connections and limiter scripts). A keeper thread beats every `BEAT_S` seconds: it refreshes the
-worker's liveness (`runner:workers`, what `runner status` counts), the lease of the job it runs,
-and, under a short Redis lock so one worker does it at a time, calls `runner.queue.leases.reap` to requeue
-the jobs of workers that died. A SIGKILLed worker's conversation thus runs again within
-`LEASE_TTL_S + REAP_EVERY_S` seconds (about 15 s), not after RQ's 10-minute maintenance.
+`RunnerWorker` is an RQ worker on the queue `runner` with the JSON serializer. It keeps up to
+`concurrency` conversations in flight in one process: its main thread runs RQ's own work loop, which
+dequeues a job only while fewer than `concurrency` are in flight (so it never holds a job it cannot
+start), accepts it (`_accept`, the one place a dequeued job is let in), leases it and registers its
+execution the RQ way (`prepare_execution`: RQ's StartedJobRegistry and the worker's executions, as
+rq-dashboard shows them), then hands it to one of its threads, which runs RQ's `perform_job`
+(`prepare_job_execution`, `job.perform()`, `handle_job_success` / `handle_job_failure`). Threads,
+not asyncio: the engine and its backends are synchronous, the SDK's synchronous client is
+thread-safe, and `bench/mechanism.py` measured no gain from asyncio (same turns/s, more CPU per
+turn). Job timeouts use RQ's `TimerDeathPenalty` (signals reach only the main thread).
 
-`WorkerPool` forks N such workers and replaces any that dies; SIGTERM/SIGINT stop them warmly (each
-finishes its conversation), a second signal stops them at once. `local_workers` runs a pool as a
+A keeper thread beats every `BEAT_S` seconds: it refreshes the worker's liveness (`runner:workers`,
+what `runner status` counts), the lease of every job in flight, and, under a short Redis lock so one
+worker does it at a time, calls `runner.queue.leases.reap` to requeue the jobs of workers that died.
+A SIGKILLed worker's conversations thus all run again within `LEASE_TTL_S + REAP_EVERY_S` seconds
+(about 15 s), each once, not after RQ's 10-minute maintenance.
+
+SIGTERM/SIGINT: no new job is taken and every conversation in flight is finished (warm stop); a
+second signal stops at once, handing the leases back so the conversations run again elsewhere.
+
+`WorkerPool` forks N such workers and replaces any that dies. `local_workers` runs a pool as a
 subprocess of `runner run`, in its own session so Ctrl-C reaches `run`, which stops it in order.
 """
 
@@ -19,6 +31,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import queue as queue_lib
 import signal
 import subprocess
 import sys
@@ -33,10 +46,14 @@ from typing import Any
 
 import openai
 import redis as redis_lib
+from rq.executions import Execution
+from rq.job import Job as RQJob
+from rq.queue import Queue
 from rq.serializers import JSONSerializer
-from rq.worker import SimpleWorker
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import SimpleWorker, WorkerStatus
 
-from runner.engine.client import shared_client
+from runner.engine.client import shared_client, warm_models
 from runner.errors import QueueError
 from runner.queue import execute, security
 from runner.queue.batch import WORKERS_KEY
@@ -64,11 +81,20 @@ LOG_ROTATE_BYTES = 10 * 2**20
 STOP_GRACE_S = 10.0
 """`runner run` gives its workers this long to stop after the batch is done, then kills them."""
 
+DEFAULT_CONCURRENCY = 64
+"""Conversations in flight per worker process (`runner worker --concurrency`): at 1 request per
+turn and runs of a few seconds, enough for one process to fill a tier of ~1,000+ requests/minute."""
+
 
 class RunnerWorker(SimpleWorker):
-    """An RQ worker on our queue that leases its job and reaps dead workers' jobs (module docstring)."""
+    """An RQ worker with up to `concurrency` conversations in flight, each leased (module docstring)."""
 
-    def __init__(self, connection: redis_lib.Redis, name: str | None = None) -> None:
+    death_penalty_class = TimerDeathPenalty  # a job timeout that works in any thread
+    log_result_lifespan = False  # one line less per conversation
+
+    def __init__(
+        self, connection: redis_lib.Redis, name: str | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
         super().__init__(
             [QUEUE_NAME],
             connection=connection,
@@ -78,42 +104,129 @@ class RunnerWorker(SimpleWorker):
             log_job_description=True,
             job_class=security.GuardedJob,  # imports no callback, nor a function off the allow-list
         )
-        self._running: str | None = None
+        self.concurrency = max(1, concurrency)
+        self._running: set[str] = set()  # job ids in flight (their leases are refreshed)
+        self._changed = threading.Condition()
+        self._jobs: queue_lib.SimpleQueue[tuple[RQJob, Queue, Any] | None] = queue_lib.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._stop_keeper = threading.Event()
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
         self._beat()
         threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
+        # Daemon threads: a cold stop (second signal) must not wait for them.
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._serve, name=f"runner-conv-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        # Take a job only when a thread is free to start it: a dequeued job waiting here would have
+        # no lease, and the reaper would give it to another worker.
+        with self._changed:
+            while len(self._running) >= self.concurrency and not self._stop_requested:
+                self._changed.wait(1.0)
+        if self._stop_requested:
+            return None
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def _accept(self, job: RQJob, queue: Queue) -> bool:
+        """The one place a dequeued job is let in before it runs: a foreign, unsigned or altered job
+        is failed with its reason (`runner.queue.security`), never imported or called."""
+        return security.accept(job, queue, execute.settings().queue_secret, self.name)
 
     def execute_job(self, job: Any, queue: Any) -> None:
-        if not security.accept(job, queue, execute.settings().queue_secret, self.name):
+        if not self._accept(job, queue):
             return  # a foreign, unsigned or altered job: failed with its reason, never imported
         # The lease exists before RQ puts the job in its StartedJobRegistry: a started job without a
         # lease can only belong to a dead worker.
         self.connection.set(lease_key(job.id), self.name, ex=LEASE_TTL_S)
-        self._running = job.id
+        with self._changed:
+            self._running.add(job.id)
         try:
-            super().execute_job(job, queue)
-        finally:
-            self._running = None
+            execution = self.prepare_execution(job)
+        except BaseException:
+            self._finished(job.id)
+            raise
+        self._jobs.put((job, queue, execution))
+
+    def prepare_execution(self, job: RQJob) -> Execution:
+        # RQ's own, plus taking the job off the intermediate queue in the same transaction: a job
+        # both started and in the intermediate queue would be requeued twice by the reaper if this
+        # process died before its thread got to it.
+        with self.connection.pipeline() as pipeline:
+            ttl = self.get_heartbeat_ttl(job)
+            execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            pipeline.lrem(self.queues[0].intermediate_queue_key, 1, job.id)
+            pipeline.execute()
+        return execution
+
+    def _serve(self) -> None:
+        """One conversation thread: RQ's `perform_job` for each job handed to it."""
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, queue, execution = item
+            try:
+                self.perform_job(job, queue, execution)  # success and failure handled the RQ way
+            except Exception:
+                log.exception("job %s", job.id)
+            finally:
+                self._finished(job.id)
+
+    def _finished(self, job_id: str) -> None:
+        with contextlib.suppress(redis_lib.RedisError):
+            self.connection.delete(lease_key(job_id))
+        with self._changed:
+            self._running.discard(job_id)
+            self._changed.notify_all()
+
+    def _drain(self) -> None:
+        """Warm stop: wait for every conversation in flight to finish."""
+        with self._changed:
+            if self._running:
+                log.info("finishing %d conversation(s) in flight", len(self._running))
+            while self._running:
+                self._changed.wait(1.0)
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        try:
+            super().request_force_stop(signum, frame)  # SystemExit, unless the signal was a duplicate
+        except SystemExit:
+            # Cold stop: hand the leases back, so the reaper requeues every conversation at once.
+            running = list(self._running)
+            self._running.clear()
             with contextlib.suppress(redis_lib.RedisError):
-                self.connection.delete(lease_key(job.id))
+                if running:
+                    self.connection.delete(*(lease_key(j) for j in running))
+            raise
 
     def teardown(self) -> None:
-        self._stop_keeper.set()
-        with contextlib.suppress(redis_lib.RedisError):
-            self.connection.zrem(WORKERS_KEY, self.name)
-        super().teardown()
+        try:
+            self._drain()
+        finally:  # also after a cold stop cut the drain short
+            for _ in self._threads:
+                self._jobs.put(None)
+            self._stop_keeper.set()
+            with contextlib.suppress(redis_lib.RedisError):
+                self.connection.zrem(WORKERS_KEY, self.name)
+            super().teardown()
 
     def _beat(self) -> None:
         sec, usec = self.connection.time()
         pipe = self.connection.pipeline(transaction=False)
         pipe.zadd(WORKERS_KEY, {self.name: sec + usec / 1e6})
         pipe.zremrangebyscore(WORKERS_KEY, "-inf", sec - 3600)
-        running = self._running
-        if running:
-            pipe.set(lease_key(running), self.name, ex=LEASE_TTL_S, xx=True)
+        for job_id in list(self._running):
+            pipe.set(lease_key(job_id), self.name, ex=LEASE_TTL_S, xx=True)
         pipe.expire(self.key, WORKER_TTL_S + 60)
         pipe.execute()
 
@@ -135,7 +248,7 @@ class RunnerWorker(SimpleWorker):
                 log.exception("keeper")
 
 
-def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings) -> None:
+def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings, concurrency: int) -> None:
     """A pool child: one RunnerWorker until stopped (burst: until the queue is empty)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
@@ -151,7 +264,9 @@ def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings) -
     with contextlib.suppress(Exception):  # no key yet, or another backend: built at first use then
         shared_client(settings)  # this process's HTTP client, ready before it takes its first request slot
     # with_scheduler: delayed jobs (the Batch API's polls, `runner.queue.batch_api_jobs`) get enqueued.
-    RunnerWorker(redis).work(burst=burst, logging_level=logging_level, with_scheduler=True)
+    RunnerWorker(redis, concurrency=concurrency).work(
+        burst=burst, logging_level=logging_level, with_scheduler=True
+    )
     if burst and rq_queue(redis).count:
         sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
 
@@ -168,6 +283,7 @@ def preload() -> None:
             for name in path.split("."):
                 obj = getattr(obj, name, None)
     client.close()
+    warm_models()  # before forking: every worker inherits the built schemas, no thread races to build
 
 
 class WorkerPool:
@@ -181,9 +297,11 @@ class WorkerPool:
         settings: Settings,
         burst: bool = False,
         logging_level: str = "INFO",
+        concurrency: int = DEFAULT_CONCURRENCY,
     ):
         self.redis_url = redis_url
         self.settings = settings
+        self.concurrency = concurrency
         self.processes = max(1, processes)
         self.burst = burst
         self.logging_level = logging_level
@@ -194,7 +312,7 @@ class WorkerPool:
     def _spawn(self) -> None:
         p = self._ctx.Process(
             target=_work,
-            args=(self.redis_url, self.burst, self.logging_level, self.settings),
+            args=(self.redis_url, self.burst, self.logging_level, self.settings, self.concurrency),
             name="runner-worker",
         )
         p.start()
@@ -249,10 +367,12 @@ class LocalWorkers:
         *,
         settings: Settings | None = None,
         burst: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.redis_url = redis_url
         self.settings = settings  # None: this process's environment when the pool starts
         self.processes = processes
+        self.concurrency = concurrency
         self.log_path = log_path
         self.burst = burst
         self.process: subprocess.Popen[bytes] | None = None
@@ -269,7 +389,8 @@ class LocalWorkers:
         env = settings.child_env(REDIS_URL=self.redis_url)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         with open(self.log_path, "ab") as log_file:
-            command = [sys.executable, "-m", "runner", "worker", "-n", str(self.processes)]
+            command = [sys.executable, "-m", "runner", "worker", "-n", str(self.processes),
+                       "--concurrency", str(self.concurrency)]  # fmt: skip
             self.process = subprocess.Popen(
                 command + (["--burst"] if self.burst else []),
                 env=env,
@@ -311,10 +432,10 @@ class LocalWorkers:
 
 @contextlib.contextmanager
 def local_workers(
-    redis_url: str, processes: int, log_path: Path, settings: Settings
+    redis_url: str, processes: int, log_path: Path, settings: Settings, concurrency: int = DEFAULT_CONCURRENCY
 ) -> Iterator[LocalWorkers]:
     """A worker pool subprocess serving `redis_url` with these settings, for the length of a block."""
-    workers = LocalWorkers(redis_url, processes, log_path, settings=settings)
+    workers = LocalWorkers(redis_url, processes, log_path, settings=settings, concurrency=concurrency)
     workers.start()
     try:
         yield workers

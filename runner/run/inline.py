@@ -23,6 +23,9 @@ from runner.run.progress import Progress
 from runner.settings import Settings
 from runner.tasks import ConversationTask
 
+INLINE_CONCURRENCY = 64
+"""Conversations in flight when the job's `limits:` set no `concurrency`."""
+
 
 def run_inline(
     job: Job, tasks: Sequence[ConversationTask], options: RunOptions, settings: Settings
@@ -63,7 +66,8 @@ def run_inline(
             progress.finished(record)
 
         with ThreadPoolExecutor(
-            max_workers=max(1, min(limits.concurrency, len(tasks))), thread_name_prefix="conv"
+            max_workers=max(1, min(limits.concurrency or INLINE_CONCURRENCY, len(tasks))),
+            thread_name_prefix="conv",
         ) as pool:
             futures: list[Future[None]] = [pool.submit(work, t) for t in tasks]
             try:

@@ -14,7 +14,7 @@ from runner.records import Record, write_records
 @dataclass(frozen=True)
 class RunOptions:
     output: str | None = None
-    workers: int = 4
+    workers: int | None = None  # None: sized from the limits and the observed run time
     simulate: bool = False
     redis_url: str | None = None
     inline: bool = False

@@ -3,11 +3,19 @@ a progress line while records are collected as they arrive, the JSONL, everythin
 
 `--workers 0` relies on workers elsewhere serving the same Redis. Ctrl-C stops the local workers
 after a short grace, writes what has arrived and says how to finish the batch (run it again).
+
+Without `--workers`, the local pool is sized to fill the limit (`pool_size`): by Little's law, the
+conversations in flight that a budget of R requests per minute needs are R/60 x the time a turn
+takes. R is the job's `requests_per_minute`, or what the workers learned of the server's limit on an
+earlier run (stored in the scope), and the turn time is the one they observed there; unknown, a
+typical tier's and a few seconds are assumed. Threads are cheap (a worker process carries up to
+`PER_PROCESS` conversations), so the size errs on the large side: the limiter, not the pool, paces.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +29,11 @@ from runner.queue.batch import Batch, workers_alive
 from runner.queue.collector import Collector, sorted_records
 from runner.queue.enqueue import enqueue_tasks, ensure_enqueued, retry_batch
 from runner.queue.leases import reap
+from runner.queue.limits import KEY_PREFIX, as_text
 from runner.queue.redis_server import connect, embedded_redis, mask_url, retrying
 from runner.queue.retention import DEFAULT_RETENTION, expire_finished, parse_duration
-from runner.queue.worker import LocalWorkers, local_workers
+from runner.queue.scopes import scope_for
+from runner.queue.worker import DEFAULT_CONCURRENCY, LocalWorkers, local_workers
 from runner.records import write_records
 from runner.run.options import RunOptions, RunOutcome, aborted
 from runner.run.progress import Progress
@@ -39,6 +49,45 @@ NO_WORKER_WARN_S = 5.0
 
 REPAIR_AFTER_S = 30.0
 """`runner run` re-checks that every unfinished conversation has a job after this long without progress."""
+
+PER_PROCESS = 512
+"""Conversations in flight per local worker process at most (then another process)."""
+
+ASSUMED_RPM = 3000
+"""A limit nobody stated or learned yet: a typical paid tier's requests per minute."""
+
+ASSUMED_TURN_S = 5.0
+"""A turn time not observed yet."""
+
+MIN_IN_FLIGHT = 16
+HEADROOM = 1.25
+"""Conversations also spend time in the limiter, in retries and between turns."""
+
+
+def pool_size(
+    conversations: int, rpm: int | None, turn_s: float | None, concurrency: int | None
+) -> tuple[int, int]:
+    """(processes, conversations in flight per process) that keep `rpm` busy with turns of `turn_s`."""
+    in_flight = math.ceil((rpm or ASSUMED_RPM) / 60 * (turn_s or ASSUMED_TURN_S) * HEADROOM)
+    in_flight = max(MIN_IN_FLIGHT, in_flight)
+    if concurrency:
+        in_flight = min(in_flight, concurrency)  # more would only wait for the job's slots
+    in_flight = max(1, min(in_flight, conversations))
+    processes = math.ceil(in_flight / PER_PROCESS)
+    return processes, math.ceil(in_flight / processes)
+
+
+def _learned(
+    redis: redis_lib.Redis, job: Job, tasks: Sequence[ConversationTask], settings: Settings
+) -> tuple[int | None, float | None]:
+    """What workers learned of this job's scope on earlier runs: (rpm, turn seconds), None unknown."""
+    if not tasks:
+        return None, None
+    scope = scope_for(redis, settings.server, settings.api_key, tasks[0].model)
+    state = {as_text(k): as_text(v) for k, v in redis.hgetall(f"{KEY_PREFIX}{scope.name}:state").items()}
+    rpm = state.get("rpm") if state.get("mode") == "headers" else None
+    turn_s = state.get("turn_s")
+    return (int(rpm) if rpm else None), (float(turn_s) if turn_s else None)
 
 
 def run_batch(
@@ -59,12 +108,19 @@ def run_batch(
         stack.callback(redis.close)
         if embedded:  # ours alone: drop what is past the retention before adding more
             expire_finished(redis, parse_duration(settings.retention or DEFAULT_RETENTION))
-        if options.workers and settings.api_key:  # this machine's workers call the API: is it there?
+        if options.workers != 0 and settings.api_key:  # this machine's workers call the API: is it there?
             check_reachable(settings)
         workers = None
-        if options.workers:  # started first: their start-up overlaps preparing and enqueuing
+        if options.workers is None:
+            rpm, turn_s = _learned(redis, job, tasks, settings)
+            processes, concurrency = pool_size(
+                len(tasks), job.limits.requests_per_minute or rpm, turn_s, job.limits.concurrency
+            )
+        else:
+            processes, concurrency = options.workers, DEFAULT_CONCURRENCY
+        if processes:  # started first: their start-up overlaps preparing and enqueuing
             log_path = settings.home / "logs" / f"workers-{job.name}.log"
-            workers = stack.enter_context(local_workers(url, options.workers, log_path, settings))
+            workers = stack.enter_context(local_workers(url, processes, log_path, settings, concurrency))
         batch_id = enqueue_tasks(job, tasks, redis=redis, output=options.output, settings=settings)
         batch = Batch(redis, batch_id)
         output = Path(batch.require().output)
