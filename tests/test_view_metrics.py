@@ -93,9 +93,6 @@ def test_metrics_sum_what_forked_workers_record() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="the worker calls runner.queue.metrics once it is rewritten (issue 11)"
-)
 def test_metrics_of_a_worker_pool_equal_its_records(
     tmp_path: Path, sim_factory: Callable[..., RunningSimulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:

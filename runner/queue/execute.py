@@ -21,10 +21,12 @@ from rq import get_current_job
 
 from runner.engine.conversation import run_conversation
 from runner.errors import FatalAPIError, QueueError
-from runner.queue.batch import Batch
+from runner.queue import metrics
+from runner.queue.batch import Batch, outcome_of
 from runner.queue.conversations import error_record
 from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
 from runner.queue.scopes import register, scope_for
+from runner.records import Record
 from runner.settings import Settings, scrub
 from runner.tasks import ConversationTask, Limits
 
@@ -82,7 +84,7 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     batch.transition(conv, "running")
     limiter = limiter_for(redis, t.job, t.limits, config, t.model)
     try:
-        with _slot(redis, t, config, current.id):
+        with _slot(redis, t, config, current.id), metrics.in_flight():
             record = run_conversation(t, batch_id=batch_id, limiter=limiter, attempt=attempt, settings=config)
         for turn in record["turns"]:
             if turn["latency_ms"] is not None:
@@ -94,7 +96,28 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     except Exception as e:  # a bug, a timeout or an outage: record it so the batch can finish
         record = error_record(t, batch_id, attempt, f"{type(e).__name__}: {e}")
     stored = batch.store_record(record, generation)
+    if stored:
+        _count(record)
     return {"conversation": conv, "status": record["status"], "stored": stored}
+
+
+def _count(record: Record) -> None:
+    """The operator's figures of a stored record (no-ops unless `runner worker --metrics-port`)."""
+    metrics.conversation_finished(record["status"], outcome_of(record))
+    metrics.request_sent(record.get("requests", 0))  # grading requests included
+    for turn in record["turns"]:
+        latency = turn.get("server_latency_ms", turn["latency_ms"])
+        usage = turn["usage"]
+        metrics.turn_finished(
+            turn["run_status"],
+            None if latency is None else latency / 1000,
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+        )
+        for retry in turn.get("retries", []):
+            if retry["cause"] == "429":
+                metrics.rate_limited()
+        metrics.limiter_waited(turn.get("limiter_wait_ms", 0) / 1000)
 
 
 def _slot(redis: redis_lib.Redis, task: ConversationTask, config: Settings, member: str) -> Any:

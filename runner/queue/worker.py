@@ -55,7 +55,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from runner.engine.client import shared_client, warm_models
 from runner.errors import QueueError
-from runner.queue import execute, security
+from runner.queue import execute, metrics, security
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
@@ -341,6 +341,7 @@ class WorkerPool:
                     continue
                 p.join()
                 del self._children[pid]
+                metrics.process_dead(pid)  # its in-flight gauge stops counting
                 if self._stopping or (self.burst and p.exitcode == 0):
                     continue
                 log.warning("worker %s exited (%s); starting another", pid, p.exitcode)
