@@ -18,6 +18,8 @@ import threading
 
 import httpx2
 import openai
+from openai._base_client import SyncHttpxClientWrapper
+from openai._constants import DEFAULT_CONNECTION_LIMITS
 
 from runner.engine.backends import Backend, get_backend
 from runner.engine.limits import observe
@@ -39,7 +41,11 @@ def make_client(settings: Settings) -> openai.OpenAI:
         raise MissingKeyError("OPENAI_API_KEY is not set")
     # The SDK's own defaults (connection limits) with one response hook: the rate-limit headers of
     # every answer reach the limiter, whatever backend sent the request.
-    http = openai.DefaultHttpx2Client(timeout=REQUEST_TIMEOUT, event_hooks={"response": [_learn]})
+    # The SDK's own wrapper class: like the client it makes when given none, it closes its
+    # connections when garbage-collected (a plain httpx2.Client would leak them).
+    http = SyncHttpxClientWrapper(
+        timeout=REQUEST_TIMEOUT, limits=DEFAULT_CONNECTION_LIMITS, event_hooks={"response": [_learn]}
+    )
     return openai.OpenAI(
         api_key=settings.api_key,
         base_url=settings.base_url,
