@@ -55,7 +55,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from runner.engine.client import shared_client, warm_models
 from runner.errors import QueueError
-from runner.queue import execute, metrics, security
+from runner.queue import execute, fence, metrics, security
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
@@ -106,6 +106,7 @@ class RunnerWorker(SimpleWorker):
         )
         self.concurrency = max(1, concurrency)
         self._running: set[str] = set()  # job ids in flight (their leases are refreshed)
+        self._tokens: dict[str, int] = {}  # their fencing tokens (`runner.queue.fence`)
         self._changed = threading.Condition()
         self._jobs: queue_lib.SimpleQueue[tuple[RQJob, Queue, Any] | None] = queue_lib.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -146,7 +147,9 @@ class RunnerWorker(SimpleWorker):
         # The lease exists before RQ puts the job in its StartedJobRegistry: a started job without a
         # lease can only belong to a dead worker.
         self.connection.set(lease_key(job.id), self.name, ex=LEASE_TTL_S)
+        token = fence.claim(self.connection, job.id)  # this run's token: an earlier run is fenced off
         with self._changed:
+            self._tokens[job.id] = token
             self._running.add(job.id)
         try:
             execution = self.prepare_execution(job)
@@ -187,6 +190,7 @@ class RunnerWorker(SimpleWorker):
             self.connection.delete(lease_key(job_id))
         with self._changed:
             self._running.discard(job_id)
+            self._tokens.pop(job_id, None)
             self._changed.notify_all()
 
     def _drain(self) -> None:
@@ -225,10 +229,14 @@ class RunnerWorker(SimpleWorker):
         pipe = self.connection.pipeline(transaction=False)
         pipe.zadd(WORKERS_KEY, {self.name: sec + usec / 1e6})
         pipe.zremrangebyscore(WORKERS_KEY, "-inf", sec - 3600)
-        for job_id in list(self._running):
-            pipe.set(lease_key(job_id), self.name, ex=LEASE_TTL_S, xx=True)
+        with self._changed:
+            held = dict(self._tokens)
+        for job_id, token in held.items():
+            # Renewed only while the token is current; re-taken after a Redis restart lost it.
+            fence.relet(pipe, lease_key(job_id), job_id, self.name, token, LEASE_TTL_S)
         pipe.expire(self.key, WORKER_TTL_S + 60)
         pipe.execute()
+        fence.confirmed()
 
     def _keep(self) -> None:
         last_reap = 0.0
