@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 from typing import Any
 
@@ -33,6 +34,8 @@ from runner.queue.scopes import register, scope_for
 from runner.records import Record
 from runner.settings import Settings, scrub
 from runner.tasks import ConversationTask, Limits
+
+log = logging.getLogger("runner.queue.execute")
 
 _settings: Settings | None = None
 _limiters: dict[tuple[int, str, str, str, str, int | None, int | None], RedisLimiter] = {}
@@ -114,6 +117,8 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     stored = batch.store_fenced(record, generation, fence=(run.key, run.token))
     if stored == 1:
         _count(record)
+    elif stored < 0:
+        log.warning("job %s: lease lost (token %d): its record refused", current.id, token)
     return {"conversation": conv, "status": record["status"], "stored": stored == 1, "fenced": stored < 0}
 
 

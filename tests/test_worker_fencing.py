@@ -1,0 +1,74 @@
+"""Fencing: a worker stalled past its lease (SIGSTOP) while its conversation runs again elsewhere
+sends nothing more once it wakes up (SIGCONT), and its record is refused.
+
+Real processes throughout: redis-server, a `runner worker -n 2` pool, the simulator over HTTP; the
+requests are counted by the simulator.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from test_queue_support import (
+    conversation_ids,
+    job_runs,
+    read_jsonl,
+    started_redis,
+    wait_finished,
+    wait_until,
+    worker_pool,
+    write_job,
+)
+
+from runner.jobs import load_job
+from runner.queue.batch import Batch
+from runner.queue.collector import collect
+from runner.queue.enqueue import enqueue_job
+from runner.queue.fence import fence_key
+from runner.queue.leases import LEASE_PREFIX
+from runner.simulator import SimulatorConfig, start_simulator
+
+pytestmark = pytest.mark.slow
+
+
+# turns=1: stopped during its only request, it wakes up to store a record: refused.
+# turns=3: stopped during its first request, it wakes up before its second: not sent.
+@pytest.mark.parametrize("turns", [1, 3])
+def test_stalled_worker_is_fenced(tmp_path: Path, turns: int) -> None:
+    job = load_job(write_job(tmp_path / "job.yaml", "fence", conversations=1, turns=turns))
+    with (
+        start_simulator(SimulatorConfig(latency_s=2.0, jitter=0.0)) as sim,
+        started_redis(tmp_path / "redis") as (server, client),
+        worker_pool(server.url, 2, tmp_path / "workers.log", base_url=sim.base_url, concurrency=1),
+    ):
+        batch_id = enqueue_job(job, redis=client, output=str(tmp_path / "out.jsonl"))
+        lease = wait_until(
+            lambda: next(iter(client.scan_iter(f"{LEASE_PREFIX}*")), None), 60, 0.05, "a lease"
+        )
+        job_id = lease.decode()[len(LEASE_PREFIX) :]
+        pid = int(client.hget(f"rq:worker:{client.get(lease).decode()}", "pid"))
+        time.sleep(0.5)  # its first request is in flight (the simulator takes 2 s)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(3)  # the request in flight is answered (into the stopped process's socket)
+            before = job_runs(sim.stats())
+            assert before == 1
+            wait_finished(client, batch_id, timeout=90)  # re-run by the other worker after the lease
+            assert int(client.get(fence_key(job_id))) >= 3  # claimed, bumped by the reaper, claimed
+            rerun = job_runs(sim.stats())
+            assert rerun == 1 + turns
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        batch = Batch(client, batch_id)
+        wait_until(lambda: batch.require().counts["fenced"] >= 1, 30, 0.1, "the stalled run fenced")
+        time.sleep(2 * 2.0)  # time enough for a request it should not send to reach the simulator
+        assert job_runs(sim.stats()) == rerun, "the fenced worker sent no further request"
+        records = read_jsonl(collect(batch_id, client))
+        assert len(records) == 1 == len(conversation_ids(records))
+        assert records[0]["attempts"] == 2 and records[0]["status"] == "completed"
+        assert batch.require().counts["fenced"] == 1
+        assert "lease lost" in (tmp_path / "workers.log").read_text()
