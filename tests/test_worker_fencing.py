@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from test_queue_support import (
+    FAKE_KEY,
     conversation_ids,
     job_runs,
     read_jsonl,
@@ -72,3 +75,27 @@ def test_stalled_worker_is_fenced(tmp_path: Path, turns: int) -> None:
         assert records[0]["attempts"] == 2 and records[0]["status"] == "completed"
         assert batch.require().counts["fenced"] == 1
         assert "lease lost" in (tmp_path / "workers.log").read_text()
+
+
+def test_burst_worker_reaps_a_dead_workers_conversation(tmp_path: Path) -> None:
+    """`runner worker --burst` after a worker was SIGKILLed mid-conversation: the burst worker runs
+    that conversation again (once its lease lapses) before it quits, so collect is complete."""
+    job = load_job(write_job(tmp_path / "job.yaml", "burst", conversations=4))
+    with (
+        start_simulator(SimulatorConfig(latency_s=2.0, jitter=0.0)) as sim,
+        started_redis(tmp_path / "redis") as (server, client),
+    ):
+        with worker_pool(server.url, 1, tmp_path / "dead.log", base_url=sim.base_url, concurrency=1) as pool:
+            batch_id = enqueue_job(job, redis=client, output=str(tmp_path / "out.jsonl"))
+            wait_until(lambda: next(iter(client.scan_iter(f"{LEASE_PREFIX}*")), None), 60, 0.05, "a lease")
+            assert pool.process is not None
+            os.killpg(pool.process.pid, signal.SIGKILL)  # the pool and its worker: nobody respawns it
+        env = {**os.environ, "OPENAI_BASE_URL": sim.base_url, "OPENAI_API_KEY": FAKE_KEY}
+        burst = subprocess.run(
+            [sys.executable, "-m", "runner", "worker", "--burst", "-n", "1", "--redis-url", server.url],
+            env=env, capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert burst.returncode == 0, burst.stderr.decode()[-2000:]
+        records = read_jsonl(collect(batch_id, client))
+        assert len(set(conversation_ids(records))) == len(records) == 4
+        assert sorted(r["attempts"] for r in records) == [1, 1, 1, 2]

@@ -18,6 +18,10 @@ worker does it at a time, calls `runner.queue.leases.reap` to requeue the jobs o
 A SIGKILLed worker's conversations thus all run again within `LEASE_TTL_S + REAP_EVERY_S` seconds
 (about 15 s), each once, not after RQ's 10-minute maintenance.
 
+A `--burst` worker quits when the queue is empty *and* no other worker's conversation is still
+started: until then it reaps, so a dead worker's conversations run again before the burst ends and
+`runner worker --burst && runner collect` gives complete output.
+
 SIGTERM/SIGINT: no new job is taken and every conversation in flight is finished (warm stop); a
 second signal stops at once, handing the leases back so the conversations run again elsewhere.
 
@@ -111,6 +115,7 @@ class RunnerWorker(SimpleWorker):
         self._jobs: queue_lib.SimpleQueue[tuple[RQJob, Queue, Any] | None] = queue_lib.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stop_keeper = threading.Event()
+        self._burst = False
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
@@ -132,9 +137,28 @@ class RunnerWorker(SimpleWorker):
         with self._changed:
             while len(self._running) >= self.concurrency and not self._stop_requested:
                 self._changed.wait(1.0)
-        if self._stop_requested:
-            return None
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while True:
+            if self._stop_requested:
+                return None
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is not None or not self._burst or not self._others_running():
+                return result
+            # Burst: the queue is empty, but conversations of other workers still run. A dead
+            # worker's come back on the queue once its leases lapse: reap them, do not quit.
+            with contextlib.suppress(redis_lib.RedisError, QueueError):
+                reap(self.connection, secret=execute.settings().queue_secret)
+            time.sleep(BEAT_S / 2)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._burst = bool(kwargs.get("burst", args[0] if args else False))
+        return super().work(*args, **kwargs)
+
+    def _others_running(self) -> bool:
+        """Jobs started (or dequeued) by other workers, live or dead, that have not finished."""
+        queue = self.queues[0]
+        started = queue.started_job_registry.get_job_and_execution_ids(cleanup=False)
+        ids = {job_id for job_id, _ in started} | set(queue.intermediate_queue.get_job_ids())
+        return bool(ids - self._running)
 
     def _accept(self, job: RQJob, queue: Queue) -> bool:
         """The one place a dequeued job is let in before it runs: a foreign, unsigned or altered job
