@@ -99,3 +99,32 @@ def test_burst_worker_reaps_a_dead_workers_conversation(tmp_path: Path) -> None:
         records = read_jsonl(collect(batch_id, client))
         assert len(set(conversation_ids(records))) == len(records) == 4
         assert sorted(r["attempts"] for r in records) == [1, 1, 1, 2]
+
+
+def test_auth_failure_stops_every_thread_before_its_next_request(tmp_path: Path) -> None:
+    """The key is revoked mid-batch (every request from then on gets 401). One worker process runs
+    4 conversations at once; after the first 401 the batch is aborted and every thread checks the
+    abort flag before each request, so no new request starts. Bound: the requests already sent
+    when the first 401 came back (≤ concurrency − 1) plus, rarely, one racing the abort by a few
+    milliseconds; before fencing each of the 4 threads went on to its own 401."""
+    calls: list[bool] = []
+
+    def revoked_after_6(key: str) -> bool:
+        calls.append(len(calls) >= 6)
+        return calls[-1]
+
+    job = load_job(write_job(tmp_path / "job.yaml", "auth", conversations=8, turns=3))
+    with (
+        start_simulator(SimulatorConfig(latency_s=1.0, reject_keys=revoked_after_6)) as sim,
+        started_redis(tmp_path / "redis") as (server, client),
+        worker_pool(server.url, 1, tmp_path / "workers.log", base_url=sim.base_url, concurrency=4),
+    ):
+        batch_id = enqueue_job(job, redis=client, output=str(tmp_path / "out.jsonl"))
+        batch = Batch(client, batch_id)
+        wait_until(lambda: batch.require().aborted, 60, 0.05, "the batch aborted")
+        wait_until(lambda: batch.require().counts["running"] == 0, 30, 0.1, "every conversation stopped")
+        time.sleep(2.0)  # a request that should not be sent would reach the simulator by now
+        rejected = sum(calls)
+        print(f"requests answered 401: {rejected} (concurrency 4)")
+        assert 1 <= rejected <= 2
+        assert sim.stats()["by_route"].get("POST /v1/chat/completions", 0) >= 6
