@@ -26,7 +26,7 @@ from rq import get_current_job
 from runner.engine.conversation import run_conversation
 from runner.engine.retry import request_guard
 from runner.errors import FatalAPIError, LeaseLostError, QueueError
-from runner.queue import fence, metrics
+from runner.queue import fence, metrics, spool
 from runner.queue.batch import Batch, outcome_of
 from runner.queue.conversations import error_record
 from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
@@ -114,7 +114,11 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
         request_guard.reset(guarded)
     if run.lost is not None:  # the engine turned the guard's refusal into an error: not a result
         return _stopped(batch, conv, run)
-    stored = batch.store_fenced(record, generation, fence=(run.key, run.token))
+    try:
+        stored = batch.store_fenced(record, generation, fence=(run.key, token), deadline_s=spool.STORE_WAIT_S)
+    except QueueError:  # Redis away: the record waits on disk, the keeper delivers it
+        spool.put(config.home, batch_id, generation, (run.key, token), current.id, record)
+        return {"conversation": conv, "status": record["status"], "spooled": True}
     if stored == 1:
         _count(record)
     elif stored < 0:

@@ -59,7 +59,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from runner.engine.client import shared_client, warm_models
 from runner.errors import QueueError
-from runner.queue import execute, fence, metrics, security
+from runner.queue import execute, fence, metrics, security, spool
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
@@ -267,6 +267,8 @@ class RunnerWorker(SimpleWorker):
         while not self._stop_keeper.wait(BEAT_S):
             try:
                 self._beat()
+                if spool.deliver(self.connection, execute.settings().home):
+                    log.warning("delivered spooled records")
                 if time.monotonic() - last_reap >= REAP_EVERY_S:
                     last_reap = time.monotonic()
                     lock_ms = int(REAP_EVERY_S * 1000)
