@@ -12,6 +12,7 @@ Library code raises these; only the CLI turns them into a message and an exit co
     │   ├── FatalAPIError            exit 3  authentication rejected or quota exhausted: stop everything
     │   └── ServerUnavailableError   exit 3  the API could not be reached to prepare the run
     ├── QueueError                   exit 3  Redis unreachable
+    │   └── LeaseLostError           exit 3  a worker's conversation was fenced (lease lost, batch aborted)
     └── SimulatorError               exit 3  the built-in simulator could not start
 
 Messages are meant for users and never contain an API key or a password.
@@ -88,6 +89,11 @@ class ServerUnavailableError(BackendError):
 
 class QueueError(RunnerError):
     exit_code = 3
+
+
+class LeaseLostError(QueueError):
+    """A worker may not go on with a conversation: its lease was lost (another worker runs it
+    now), its batch was aborted, or Redis stayed away too long. Nothing more is sent for it."""
 
 
 class SimulatorError(RunnerError):

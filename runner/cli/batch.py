@@ -209,6 +209,8 @@ def _status_text(client: redis_lib.Redis, batch_id: str | None) -> tuple[str, bo
         ]
         if i.aborted:
             lines.append(f"aborted   {i.aborted}")
+        if c["fenced"]:
+            lines.append(f"fenced    {c['fenced']} run(s) stopped: lease lost, re-run elsewhere")
         if refused:
             lines.append(f"refused   {refused} foreign, unsigned or altered jobs on this Redis (any batch)")
         return "\n".join(lines), i.finished or i.aborted is not None

@@ -22,6 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
@@ -48,6 +49,10 @@ BACKOFF_MAX_S = 8.0
 """Fallback backoff when the server gives no Retry-After: 0.5 s doubling up to 8 s, minus up to 25 %."""
 
 QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted"})
+
+request_guard: ContextVar[Callable[[], None] | None] = ContextVar("request_guard", default=None)
+"""Called before every attempt of every `Caller` in this context (a queue worker's fence: it raises
+to stop a conversation whose lease was lost); a `Caller`'s own `guard` takes precedence."""
 
 
 def _header(exc: BaseException, name: str) -> str | None:
@@ -193,6 +198,7 @@ class Caller:
     retry_log: list[RetryRecord] = field(default_factory=list)
     limiter_wait_s: float = 0.0
     failed_s: float = 0.0
+    guard: Callable[[], None] | None = None
 
     def call(
         self,
@@ -218,6 +224,14 @@ class Caller:
             self.limiter.acquire(1, tokens)
             sent = time.monotonic()
             self.limiter_wait_s += sent - began
+            guard = self.guard or request_guard.get()
+            if guard is not None:
+                try:
+                    guard()  # last thing before sending: the limiter's wait may have been long
+                except BaseException:
+                    if tokens:
+                        self.limiter.settle(tokens, 0)
+                    raise
             self.requests += 1
             try:
                 with observing(self.limiter):  # what the answer says of the limits teaches the limiter

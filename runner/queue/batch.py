@@ -5,7 +5,7 @@ A batch is one enqueue of one job file. Everything about it lives under `runner:
     runner:batch:<id>            hash   job, digest, source, output, total, created_at, started_at,
                                         ended_at, aborted; counters per state (queued, running, done,
                                         dropped) and per outcome (passed, failed, errors, nochecks),
-                                        tokens, requests
+                                        tokens, requests, fenced (runs stopped: lease lost)
     runner:batch:<id>:tasks      hash   conversation id -> task JSON (what `retry` re-enqueues)
     runner:batch:<id>:state      hash   conversation id -> queued | running | done | dropped
     runner:batch:<id>:records    hash   conversation id -> transcript record JSON (one per id)
@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from runner.errors import UnknownBatchError
-from runner.queue.redis_server import retrying
+from runner.queue.redis_server import OUTAGE_S, retrying
 from runner.records import Outcome, Record, outcome
 from runner.settings import scrub
 from runner.tasks import ConversationTask
@@ -50,7 +50,7 @@ WORKER_ALIVE_S = 15.0
 
 STATES = ("queued", "running", "done", "dropped")
 OUTCOMES = ("passed", "failed", "errors", "nochecks")
-_COUNTERS = (*STATES, *OUTCOMES, "tokens", "requests")
+_COUNTERS = (*STATES, *OUTCOMES, "tokens", "requests", "fenced")
 _SUBKEYS = ("tasks", "state", "records", "gen", "want", "outcome", "log")
 
 _NOW = """
@@ -82,12 +82,17 @@ return 1
 """
 )
 
-# KEYS: batch, tasks, state, records, gen, want, outcome, log.
-# ARGV: conv, generation, record JSON, outcome, tokens, requests, ttl. 1 stored, 0 a duplicate.
+# KEYS: batch, tasks, state, records, gen, want, outcome, log, fence (or the batch again).
+# ARGV: conv, generation, record JSON, outcome, tokens, requests, token ('' = unfenced), ttl.
+# 1 stored, 0 a duplicate, -1 fenced (the run's token is no longer current: counted, not stored).
 _STORE_LUA = (
     _NOW
     + """
 local conv, gen = ARGV[1], tonumber(ARGV[2])
+if ARGV[7] ~= '' and redis.call('GET', KEYS[9]) ~= ARGV[7] then
+  redis.call('HINCRBY', KEYS[1], 'fenced', 1)
+  return -1
+end
 local cur = tonumber(redis.call('HGET', KEYS[5], conv) or '0')
 if cur >= gen then return 0 end
 if cur > 0 then
@@ -290,8 +295,22 @@ class Batch:
             return True
         return bool(retrying(lambda: self._transition(keys=self._script_keys(), args=args)))
 
-    def store_record(self, record: Record, generation: int = 1) -> bool:
-        """Store a finished conversation's record; False if one of this generation is already there."""
+    def store_record(
+        self, record: Record, generation: int = 1, *, fence: tuple[str, int] | None = None
+    ) -> bool:
+        """Store a finished conversation's record; False if one of this generation is already there,
+        or if `fence` (fence key, token) is given and the token is no longer current."""
+        return self.store_fenced(record, generation, fence=fence) == 1
+
+    def store_fenced(
+        self,
+        record: Record,
+        generation: int = 1,
+        *,
+        fence: tuple[str, int] | None = None,
+        deadline_s: float | None = None,
+    ) -> int:
+        """`store_record`, telling why not: 1 stored, 0 a duplicate, -1 fenced (`runner.queue.fence`)."""
         text = scrub(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
         usage = record.get("usage") or {}
         args: list[str | int] = [
@@ -301,11 +320,13 @@ class Batch:
             outcome_of(record),
             int(usage.get("total_tokens", 0) or 0),
             int(record.get("requests", 0) or 0),
+            "" if fence is None else fence[1],
             BATCH_TTL_S,
         ]
-        return bool(
-            retrying(lambda: self._store(keys=self._script_keys(), args=args), what="storing a record")
-        )
+        keys = [*self._script_keys(), self.key if fence is None else fence[0]]
+        wait = OUTAGE_S if deadline_s is None else deadline_s
+        store = lambda: self._store(keys=keys, args=args)  # noqa: E731
+        return int(retrying(store, what="storing a record", deadline_s=wait))
 
     def has_record(self, conversation_id: str, generation: int = 1) -> bool:
         stored = retrying(lambda: self.redis.hget(self.keys["gen"], conversation_id))

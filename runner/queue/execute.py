@@ -7,12 +7,16 @@ its environment; `run_task` is what every queued conversation names (`JOB_FUNC`)
 * **Fatal API errors** (401/403/quota) abort the batch: its remaining jobs are dropped, other
   batches go on, and `runner run` exits 3.
 * Any other exception becomes an `error` record, so the batch can finish.
+* **Fencing** (`runner.queue.fence`): the run's token is checked before every API request (with the
+  batch's abort flag, so after a fatal answer no worker starts another request) and atomically with
+  the store; a run that lost its lease stops and stores nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 from typing import Any
 
@@ -20,8 +24,9 @@ import redis as redis_lib
 from rq import get_current_job
 
 from runner.engine.conversation import run_conversation
-from runner.errors import FatalAPIError, QueueError
-from runner.queue import metrics
+from runner.engine.retry import request_guard
+from runner.errors import FatalAPIError, LeaseLostError, QueueError
+from runner.queue import fence, metrics, spool
 from runner.queue.batch import Batch, outcome_of
 from runner.queue.conversations import error_record
 from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
@@ -29,6 +34,8 @@ from runner.queue.scopes import register, scope_for
 from runner.records import Record
 from runner.settings import Settings, scrub
 from runner.tasks import ConversationTask, Limits
+
+log = logging.getLogger("runner.queue.execute")
 
 _settings: Settings | None = None
 _limiters: dict[tuple[int, str, str, str, str, int | None, int | None], RedisLimiter] = {}
@@ -81,8 +88,13 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     if batch.aborted():
         batch.transition(conv, "dropped")
         return {"conversation": conv, "skipped": "batch aborted"}
+    token = fence.take(current.id)
+    if token is None:  # a plain `rq worker`: the run takes its token here
+        token = fence.claim(redis, current.id)
+    run = fence.Fence(redis, current.id, token, batch.key)
     batch.transition(conv, "running")
     limiter = limiter_for(redis, t.job, t.limits, config, t.model)
+    guarded = request_guard.set(run.check)  # this thread's requests, until the conversation ends
     try:
         with _slot(redis, t, config, current.id), metrics.in_flight():
             record = run_conversation(t, batch_id=batch_id, limiter=limiter, attempt=attempt, settings=config)
@@ -93,12 +105,34 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
         batch.abort(str(e))
         batch.transition(conv, "dropped")
         return {"conversation": conv, "aborted": scrub(str(e))}
+    except LeaseLostError as e:
+        run.lost = run.lost or str(e)
+        record = error_record(t, batch_id, attempt, str(e))
     except Exception as e:  # a bug, a timeout or an outage: record it so the batch can finish
         record = error_record(t, batch_id, attempt, f"{type(e).__name__}: {e}")
-    stored = batch.store_record(record, generation)
-    if stored:
+    finally:
+        request_guard.reset(guarded)
+    if run.lost is not None:  # the engine turned the guard's refusal into an error: not a result
+        return _stopped(batch, conv, run)
+    try:
+        stored = batch.store_fenced(record, generation, fence=(run.key, token), deadline_s=spool.STORE_WAIT_S)
+    except QueueError:  # Redis away: the record waits on disk, the keeper delivers it
+        spool.put(config.home, batch_id, generation, (run.key, token), current.id, record)
+        return {"conversation": conv, "status": record["status"], "spooled": True}
+    if stored == 1:
         _count(record)
-    return {"conversation": conv, "status": record["status"], "stored": stored}
+    elif stored < 0:
+        log.warning("job %s: lease lost (token %d): its record refused", current.id, token)
+    return {"conversation": conv, "status": record["status"], "stored": stored == 1, "fenced": stored < 0}
+
+
+def _stopped(batch: Batch, conv: str, run: fence.Fence) -> dict[str, Any]:
+    """A run that may not go on: dropped if its batch was aborted, else left to the run that holds
+    the lease now (or to the reaper, after an outage)."""
+    with contextlib.suppress(redis_lib.RedisError, QueueError):
+        if batch.aborted():
+            batch.transition(conv, "dropped")
+    return {"conversation": conv, "stopped": run.lost}
 
 
 def _count(record: Record) -> None:

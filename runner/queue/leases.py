@@ -5,6 +5,9 @@ runs. A job in RQ's StartedJobRegistry (or stuck in its intermediate queue) with
 to a dead worker: `reap` requeues it at once, within `LEASE_TTL_S` plus a reaper beat of the death
 instead of RQ's own 10-minute maintenance. A conversation whose workers died `MAX_RUNS` times is
 recorded as an error instead of looping. Any process may reap; ZREM / LREM decide who does.
+Each requeue bumps the job's fencing token (`runner.queue.fence`): a worker that was only stalled
+stops at its next request and its record is refused. After a Redis restart, the reaper waits until
+the server has been up `LEASE_TTL_S`, so live workers re-take the leases that expired meanwhile.
 The reaper re-signs what it requeues, so it first checks the job as a worker would
 (`security.refusal`): a foreign or tampered job goes to the failed registry, not back on the queue.
 """
@@ -17,6 +20,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from runner.queue import fence
 from runner.queue.batch import Batch
 from runner.queue.conversations import enqueue_one, error_record, rq_queue, transaction
 from runner.queue.security import refusal, refuse
@@ -37,6 +41,8 @@ def lease_key(job_id: str) -> str:
 def reap(redis: redis_lib.Redis, *, secret: str | None) -> int:
     """Requeue the jobs of dead workers (no lease), signed with `secret`; returns how many. Any
     process may call it."""
+    if int(redis.info("server").get("uptime_in_seconds", LEASE_TTL_S)) < LEASE_TTL_S:
+        return 0  # a restarted Redis lost the leases that expired meanwhile: live workers re-take theirs
     queue = rq_queue(redis)
     registry = queue.started_job_registry
     requeued = 0
@@ -87,6 +93,7 @@ def _requeue(redis: redis_lib.Redis, queue: Queue, job_id: str, secret: str | No
         batch.store_record(error_record(t, batch_id, attempt, why), generation)
         return 1
     pipe = transaction(redis)
+    fence.bump(pipe, job_id)  # a stalled worker still running it is fenced off from here on
     enqueue_one(queue, task, batch_id, generation, attempt + 1, pipe, secret=secret)
     batch.transition(conv, "queued", client=pipe)
     pipe.execute()

@@ -18,6 +18,10 @@ worker does it at a time, calls `runner.queue.leases.reap` to requeue the jobs o
 A SIGKILLed worker's conversations thus all run again within `LEASE_TTL_S + REAP_EVERY_S` seconds
 (about 15 s), each once, not after RQ's 10-minute maintenance.
 
+A `--burst` worker quits when the queue is empty *and* no other worker's conversation is still
+started: until then it reaps, so a dead worker's conversations run again before the burst ends and
+`runner worker --burst && runner collect` gives complete output.
+
 SIGTERM/SIGINT: no new job is taken and every conversation in flight is finished (warm stop); a
 second signal stops at once, handing the leases back so the conversations run again elsewhere.
 
@@ -55,7 +59,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from runner.engine.client import shared_client, warm_models
 from runner.errors import QueueError
-from runner.queue import execute, metrics, security
+from runner.queue import execute, fence, metrics, security, spool
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
@@ -106,10 +110,12 @@ class RunnerWorker(SimpleWorker):
         )
         self.concurrency = max(1, concurrency)
         self._running: set[str] = set()  # job ids in flight (their leases are refreshed)
+        self._tokens: dict[str, int] = {}  # their fencing tokens (`runner.queue.fence`)
         self._changed = threading.Condition()
         self._jobs: queue_lib.SimpleQueue[tuple[RQJob, Queue, Any] | None] = queue_lib.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stop_keeper = threading.Event()
+        self._burst = False
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
@@ -131,9 +137,28 @@ class RunnerWorker(SimpleWorker):
         with self._changed:
             while len(self._running) >= self.concurrency and not self._stop_requested:
                 self._changed.wait(1.0)
-        if self._stop_requested:
-            return None
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while True:
+            if self._stop_requested:
+                return None
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is not None or not self._burst or not self._others_running():
+                return result
+            # Burst: the queue is empty, but conversations of other workers still run. A dead
+            # worker's come back on the queue once its leases lapse: reap them, do not quit.
+            with contextlib.suppress(redis_lib.RedisError, QueueError):
+                reap(self.connection, secret=execute.settings().queue_secret)
+            time.sleep(BEAT_S / 2)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._burst = bool(kwargs.get("burst", args[0] if args else False))
+        return super().work(*args, **kwargs)
+
+    def _others_running(self) -> bool:
+        """Jobs started (or dequeued) by other workers, live or dead, that have not finished."""
+        queue = self.queues[0]
+        started = queue.started_job_registry.get_job_and_execution_ids(cleanup=False)
+        ids = {job_id for job_id, _ in started} | set(queue.intermediate_queue.get_job_ids())
+        return bool(ids - self._running)
 
     def _accept(self, job: RQJob, queue: Queue) -> bool:
         """The one place a dequeued job is let in before it runs: a foreign, unsigned or altered job
@@ -146,7 +171,9 @@ class RunnerWorker(SimpleWorker):
         # The lease exists before RQ puts the job in its StartedJobRegistry: a started job without a
         # lease can only belong to a dead worker.
         self.connection.set(lease_key(job.id), self.name, ex=LEASE_TTL_S)
+        token = fence.claim(self.connection, job.id)  # this run's token: an earlier run is fenced off
         with self._changed:
+            self._tokens[job.id] = token
             self._running.add(job.id)
         try:
             execution = self.prepare_execution(job)
@@ -187,6 +214,7 @@ class RunnerWorker(SimpleWorker):
             self.connection.delete(lease_key(job_id))
         with self._changed:
             self._running.discard(job_id)
+            self._tokens.pop(job_id, None)
             self._changed.notify_all()
 
     def _drain(self) -> None:
@@ -225,16 +253,22 @@ class RunnerWorker(SimpleWorker):
         pipe = self.connection.pipeline(transaction=False)
         pipe.zadd(WORKERS_KEY, {self.name: sec + usec / 1e6})
         pipe.zremrangebyscore(WORKERS_KEY, "-inf", sec - 3600)
-        for job_id in list(self._running):
-            pipe.set(lease_key(job_id), self.name, ex=LEASE_TTL_S, xx=True)
+        with self._changed:
+            held = dict(self._tokens)
+        for job_id, token in held.items():
+            # Renewed only while the token is current; re-taken after a Redis restart lost it.
+            fence.relet(pipe, lease_key(job_id), job_id, self.name, token, LEASE_TTL_S)
         pipe.expire(self.key, WORKER_TTL_S + 60)
         pipe.execute()
+        fence.confirmed()
 
     def _keep(self) -> None:
         last_reap = 0.0
         while not self._stop_keeper.wait(BEAT_S):
             try:
                 self._beat()
+                if spool.deliver(self.connection, execute.settings().home):
+                    log.warning("delivered spooled records")
                 if time.monotonic() - last_reap >= REAP_EVERY_S:
                     last_reap = time.monotonic()
                     lock_ms = int(REAP_EVERY_S * 1000)
