@@ -321,6 +321,7 @@ class RedisLimiter:
         self._cooldown = redis.register_script(_COOLDOWN_LUA)
         self._learn = redis.register_script(_LEARN_LUA)
         self._lock = threading.Lock()
+        self._gate = threading.Lock()  # the one thread of this process that asks Redis for budget
         self._learned: tuple[int | None, int | None] | None = None
         self._learned_at = float("-inf")
         self._answers = 0  # answers without limits not yet told to the scope (AIMD)
@@ -350,14 +351,18 @@ class RedisLimiter:
         return int(wait_ms) / 1000.0
 
     def acquire(self, requests: int = 1, tokens: int = 0) -> None:
-        while True:
-            wait = self.try_acquire(requests, tokens)
-            if wait <= 0:
-                return
-            # Jitter spreads the workers that all wait for the same slot of the window.
-            pause = min(wait, 2.0) + random.uniform(0, 0.02)
-            self.waited_s += pause
-            self._sleep(pause)
+        # One thread per process asks Redis at a time; the others of this process queue on the gate
+        # (blocked, no CPU, no Redis call). Hundreds of conversation threads each polling the script
+        # cost more CPU than the conversations themselves once the budget binds.
+        with self._gate:
+            while True:
+                wait = self.try_acquire(requests, tokens)
+                if wait <= 0:
+                    return
+                # Jitter spreads the processes (and machines) that all wait for the same slot.
+                pause = min(wait, 2.0) + random.uniform(0, 0.02)
+                self.waited_s += pause
+                self._sleep(pause)
 
     def settle(self, estimated: int, actual: int) -> None:
         delta = actual - estimated
