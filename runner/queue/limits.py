@@ -21,6 +21,8 @@ Per scope, under `runner:limit:<scope>:`:
   server's window is still full (someone else spends the same key), only the probe meets a 429.
 * What the server says is left of its minute (`remaining`) reconciles the window: requests or tokens
   it counted that we did not send (another client of the key) are added to our window.
+* Within one process, one thread at a time asks the script for budget; the other threads of the
+  process wait on a lock (no CPU, no Redis call) instead of each polling Redis.
 * `RedisSemaphore` holds `concurrency` leases (a sorted set scored by expiry); a holder refreshes its
   lease while it works, so a lease of a killed worker frees itself within `SLOT_TTL_S`.
 """
