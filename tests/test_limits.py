@@ -320,7 +320,10 @@ def test_limits_two_jobs_on_one_key_and_model_share_one_scope_and_cooldown(tmp_p
         assert shown.exit_code == 0, shown.output
         header = next(line for line in shown.output.splitlines() if line.startswith("SERVER"))
         assert header.split() == ["SERVER", "KEY", "MODEL", "RPM", "USED", "TPM", "USED", "FROM", "COOLDOWN"]
-        row = next(line for line in shown.output.splitlines() if "gpt-4o-mini" in line)
+        # other_key's row has the same model, other_model's the same fingerprint: a's has both
+        fingerprint = a.scope.split(".")[1]
+        lines = shown.output.splitlines()
+        row = next(line for line in lines if line.split()[1:3] == [fingerprint, "gpt-4o-mini"])
         assert row.split()[:8] == ["api.example.com", a.scope.split(".")[1], "gpt-4o-mini", "1000", "2",
                                    "1000000", "0", "headers"]  # fmt: skip
         assert key not in shown.output
