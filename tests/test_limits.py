@@ -254,6 +254,38 @@ def test_limits_redis_threads_never_exceed_the_minute(tmp_path: Path) -> None:
         assert int(client.get("runner:limit:race@abc:toksum")) == 5000
 
 
+def test_limits_redis_one_thread_per_process_asks_while_the_others_wait(fake: fakeredis.FakeRedis) -> None:
+    # Hundreds of conversation threads each polling the script cost more CPU than the turns: while
+    # the budget is closed (a cooldown), one thread of the process asks Redis, the rest queue behind it.
+    lim = RedisLimiter(fake, "gate@abc")
+    lim.learn(ServerLimits(rpm=10**6, tpm=10**12))
+    inside, most, calls = 0, 0, 0
+    lock = threading.Lock()
+    ask = lim.try_acquire
+
+    def counted(requests: int = 1, tokens: int = 0) -> float:
+        nonlocal inside, most, calls
+        with lock:
+            inside, calls = inside + 1, calls + 1
+            most = max(most, inside)
+        try:
+            return ask(requests, tokens)
+        finally:
+            with lock:
+                inside -= 1
+
+    lim.try_acquire = counted  # type: ignore[method-assign]
+    lim.cooldown(0.3)
+    threads = [threading.Thread(target=lim.acquire) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fake.zcard("runner:limit:gate@abc:req") == 8  # every thread got its request
+    assert most == 1
+    assert calls >= 9  # at least one of them met the cooldown and asked again
+
+
 # --- scopes: what the provider counts; limits learned from the server --------------------------------
 
 

@@ -21,6 +21,8 @@ Per scope, under `runner:limit:<scope>:`:
   server's window is still full (someone else spends the same key), only the probe meets a 429.
 * What the server says is left of its minute (`remaining`) reconciles the window: requests or tokens
   it counted that we did not send (another client of the key) are added to our window.
+* Within one process, one thread at a time asks the script for budget; the other threads of the
+  process wait on a lock (no CPU, no Redis call) instead of each polling Redis.
 * `RedisSemaphore` holds `concurrency` leases (a sorted set scored by expiry); a holder refreshes its
   lease while it works, so a lease of a killed worker frees itself within `SLOT_TTL_S`.
 """
@@ -321,6 +323,7 @@ class RedisLimiter:
         self._cooldown = redis.register_script(_COOLDOWN_LUA)
         self._learn = redis.register_script(_LEARN_LUA)
         self._lock = threading.Lock()
+        self._gate = threading.Lock()  # the one thread of this process that asks Redis for budget
         self._learned: tuple[int | None, int | None] | None = None
         self._learned_at = float("-inf")
         self._answers = 0  # answers without limits not yet told to the scope (AIMD)
@@ -350,14 +353,18 @@ class RedisLimiter:
         return int(wait_ms) / 1000.0
 
     def acquire(self, requests: int = 1, tokens: int = 0) -> None:
-        while True:
-            wait = self.try_acquire(requests, tokens)
-            if wait <= 0:
-                return
-            # Jitter spreads the workers that all wait for the same slot of the window.
-            pause = min(wait, 2.0) + random.uniform(0, 0.02)
-            self.waited_s += pause
-            self._sleep(pause)
+        # One thread per process asks Redis at a time; the others of this process queue on the gate
+        # (blocked, no CPU, no Redis call). Hundreds of conversation threads each polling the script
+        # cost more CPU than the conversations themselves once the budget binds.
+        with self._gate:
+            while True:
+                wait = self.try_acquire(requests, tokens)
+                if wait <= 0:
+                    return
+                # Jitter spreads the processes (and machines) that all wait for the same slot.
+                pause = min(wait, 2.0) + random.uniform(0, 0.02)
+                self.waited_s += pause
+                self._sleep(pause)
 
     def settle(self, estimated: int, actual: int) -> None:
         delta = actual - estimated
