@@ -203,7 +203,7 @@ def test_queue_security_the_reaper_does_not_resign_a_foreign_or_edited_job(clien
     for job in (edited, alien):
         client.lrem(queue.key, 1, job.id)
         client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": 1})  # started, no lease
-    assert reap(client, secret=SECRET) == 0
+    assert reap(client, secret=SECRET, restart_grace_s=0) == 0  # a fresh Redis: no restart to wait out
     assert queue.get_job_ids() == []
     assert sorted(queue.failed_job_registry.get_job_ids()) == sorted([edited.id, alien.id])
     assert security.refused_count(client) == 2
@@ -214,7 +214,7 @@ def test_queue_security_the_reaper_requeues_an_intact_job_signed_again(client: r
     job = ours(client, SECRET)
     client.lrem(queue.key, 1, job.id)
     client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": 1})
-    assert reap(client, secret=SECRET) == 1
+    assert reap(client, secret=SECRET, restart_grace_s=0) == 1  # a fresh Redis: no restart to wait out
     again = Job.fetch(job.id, connection=client, serializer=JSONSerializer)
     assert again.kwargs["attempt"] == 2 and security.refusal(again, SECRET) is None
 

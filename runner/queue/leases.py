@@ -38,10 +38,10 @@ def lease_key(job_id: str) -> str:
     return LEASE_PREFIX + job_id
 
 
-def reap(redis: redis_lib.Redis, *, secret: str | None) -> int:
+def reap(redis: redis_lib.Redis, *, secret: str | None, restart_grace_s: float = LEASE_TTL_S) -> int:
     """Requeue the jobs of dead workers (no lease), signed with `secret`; returns how many. Any
-    process may call it."""
-    if int(redis.info("server").get("uptime_in_seconds", LEASE_TTL_S)) < LEASE_TTL_S:
+    process may call it. A Redis up for less than `restart_grace_s` is not reaped yet."""
+    if int(redis.info("server").get("uptime_in_seconds", restart_grace_s)) < restart_grace_s:
         return 0  # a restarted Redis lost the leases that expired meanwhile: live workers re-take theirs
     queue = rq_queue(redis)
     registry = queue.started_job_registry
