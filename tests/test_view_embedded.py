@@ -122,3 +122,42 @@ def test_status_and_view_find_the_embedded_redis_of_a_running_run(tmp_path: Path
                 proc.terminate()
                 proc.wait(20)
     assert not url_file.exists()  # the run removed it when it stopped its Redis
+
+
+def test_run_with_view_serves_the_batch_while_it_runs(tmp_path: Path) -> None:
+    """`runner run --view=PORT`: the web view of that run's (embedded) Redis, up while it runs."""
+    job = tmp_path / "viewed.yaml"
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "name": "viewed-run",
+                "api": "chat",
+                "model": "gpt-4o-mini",
+                "assistants": {"bot": {"instructions": "Answer."}},
+                "conversations": [{"id": f"c{i}", "turns": [{"user": f"hello {i}"}]} for i in range(4)],
+                "limits": {"concurrency": 1},
+                "simulator": {"latency_s": 1.0},
+            }
+        )
+    )
+    port = _free_port()
+    cmd = [sys.executable, "-m", "runner", "run", str(job), "--simulate", "--workers", "1", f"--view={port}"]
+    with open(tmp_path / "run.log", "w") as log:
+        run = subprocess.Popen(cmd, env=_env(tmp_path), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+
+            def page() -> str | None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                        return str(answer.read().decode())
+                except OSError:
+                    return None
+
+            html = wait_until(lambda: (p := page()) and "viewed-run" in p and p, 60, what="the view")
+            assert "viewed-run" in html
+            assert run.wait(90) == 0
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert f"runner view of this run on http://127.0.0.1:{port}/" in (tmp_path / "run.log").read_text()

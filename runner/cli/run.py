@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -47,6 +48,15 @@ FAILURES_SHOWN = 10
     help="Through the provider's Batch API: half the price, results within 24 h (chat, responses).",
 )
 @click.option("--no-progress", is_flag=True, help="No live progress line.")
+@click.option(
+    "--view",
+    "view_port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    is_flag=False,
+    flag_value=8765,
+    help="Serve the live web view of this run on 127.0.0.1 (port 8765, or --view=PORT) while it runs.",
+)
 def run(
     job_file: str,
     output: str | None,
@@ -59,6 +69,7 @@ def run(
     inline: bool,
     batch_api: bool,
     no_progress: bool,
+    view_port: int | None,
 ) -> None:
     """Run every conversation of JOB_FILE and write one transcript line per conversation.
 
@@ -69,6 +80,8 @@ def run(
     """
     from runner.run import RunOptions, run_job  # lazy: the engine and the SDK load only for a run
 
+    if view_port is not None and inline:
+        raise UsageError("--view shows the queue: it does not go with --inline")
     options = RunOptions(
         output=output,
         workers=workers,
@@ -81,10 +94,27 @@ def run(
         fail_under=fail_under,
         progress=not no_progress,
         progress_to=sys.stderr,
+        on_queue=None if view_port is None else _viewer(view_port),
     )
     settings = Settings.from_env()
     result = run_job(job_file, options, settings)
     raise SystemExit(finish_run(result, options, settings))
+
+
+def _viewer(port: int) -> Callable[[Any, str], None]:
+    """`--view`: once the run's Redis is up, serve the read-only web view on it in a thread (it
+    ends with the run)."""
+
+    def start(client: Any, url: str) -> None:
+        from runner.queue.redis_server import mask_url
+        from runner.view import ViewConfig, create_app
+        from runner.view.server import ViewServer, allowed_hosts
+
+        config = ViewConfig(redis=client, redis_label=mask_url(url), allowed_hosts=allowed_hosts("127.0.0.1"))
+        server = ViewServer(create_app(config), "127.0.0.1", port).start()
+        click.echo(f"runner view of this run on {server.url}", err=True)
+
+    return start
 
 
 def finish_run(result: RunOutcome, options: RunOptions, settings: Settings | None = None) -> int:

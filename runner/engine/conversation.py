@@ -128,6 +128,7 @@ def run_conversation(
                 "latency_ms": int((time.monotonic() - began) * 1000),
                 "checks": [],
                 "error": result.error,
+                "via": "direct",  # not through the provider's Batch API
             }
             turn.update(caller.since(mark))  # requests, retries, limiter wait, server-side latency
             grader.history = list(turns)

@@ -39,6 +39,8 @@ def run_batch_api(
             url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
         redis = connect(url)
         stack.callback(redis.close)
+        if options.on_queue is not None:
+            options.on_queue(redis, url)
         batch_id = start_batch_api(job, tasks, redis=redis, output=options.output)
         batch = Batch(redis, batch_id)
         output = Path(batch.require().output)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from runner.errors import FatalAPIError
 from runner.records import Record, write_records
@@ -24,6 +24,9 @@ class RunOptions:
     batch_api: bool = False  # through the provider's Batch API (also the job key `batch_api: true`)
     progress: bool = True
     progress_to: TextIO | None = None  # where the live progress line goes (the CLI: stderr); None: nowhere
+    # Called once the run's Redis is up, with a client and the URL (`runner run --view` starts the
+    # web view on it); not called by --inline, which has no Redis.
+    on_queue: Callable[[Any, str], None] | None = None
 
 
 @dataclass

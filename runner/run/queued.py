@@ -106,6 +106,8 @@ def run_batch(
             url = stack.enter_context(embedded_redis(settings.home, settings.redis_server)).url
         redis = connect(url)
         stack.callback(redis.close)
+        if options.on_queue is not None:
+            options.on_queue(redis, url)
         if embedded:  # ours alone: drop what is past the retention before adding more
             expire_finished(redis, parse_duration(settings.retention or DEFAULT_RETENTION))
         if options.workers != 0 and settings.api_key:  # this machine's workers call the API: is it there?
