@@ -286,3 +286,17 @@ def test_queue_security_worker_warns_without_a_secret_on_a_shared_redis(
         assert first.startswith(warned)
     if secret:
         assert secret not in proc.stderr + proc.stdout
+
+
+def test_queue_security_batch_api_polls_are_allowed_and_signed(client: redis.Redis) -> None:
+    """The Batch API's poll jobs are the other job kind workers run: on the allow-list (the worker
+    module registers it), and signed like conversations when a secret is set."""
+    import runner.queue.worker  # noqa: F401  (what a worker process has loaded)
+    from runner.queue.batch_api_jobs import ADVANCE_FUNC, enqueue_advance
+
+    assert ADVANCE_FUNC in security.JOB_FUNCTIONS
+    signed_id = enqueue_advance(client, "b1", secret=SECRET)
+    signed = Job.fetch(signed_id, connection=client, serializer=JSONSerializer)
+    assert security.refusal(signed, secret=SECRET) is None
+    unsigned = Job.fetch(enqueue_advance(client, "b2"), connection=client, serializer=JSONSerializer)
+    assert security.refusal(unsigned, secret=SECRET) is not None

@@ -78,7 +78,11 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
         from runner.jobs import expand
         from runner.queue.batch_api_jobs import enqueue_batch_api
 
-        click.echo(enqueue_batch_api(job, expand(job), redis=client, output=output))
+        click.echo(
+            enqueue_batch_api(
+                job, expand(job), redis=client, output=output, secret=Settings.from_env().queue_secret
+            )
+        )
         return
     batch_id = enqueue_job(job, redis=client, output=output, settings=Settings.from_env())
     click.echo(batch_id)

@@ -28,10 +28,12 @@ from runner.queue import execute
 from runner.queue.batch import BATCH_TTL_S, Batch
 from runner.queue.batch_api import LOCK_S, BatchApiRun, pb_key, start_batch_api
 from runner.queue.conversations import rq_queue
+from runner.queue.security import allow_job_function, signed_meta
 from runner.settings import Settings, scrub
 from runner.tasks import ConversationTask
 
 ADVANCE_FUNC = "runner.queue.batch_api_jobs.advance"
+allow_job_function(ADVANCE_FUNC)  # a worker runs these polls too (and nothing it was not told of)
 DEFAULT_MAX_ATTEMPTS = 4
 """Tries per provider request (upload, create, poll, download) when no job says otherwise."""
 RESULT_TTL_S = 3600
@@ -43,13 +45,21 @@ def provider_for(settings: Settings, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
     return ProviderBatches(make_client(settings), Caller(LocalLimiter(None, None), max_attempts=max_attempts))
 
 
-def enqueue_advance(redis: redis_lib.Redis, batch_id: str, delay_s: float = 0.0) -> str:
-    """Enqueue the next `advance` of a batch (after `delay_s`); returns its RQ job id."""
+def enqueue_advance(
+    redis: redis_lib.Redis, batch_id: str, delay_s: float = 0.0, *, secret: str | None = None
+) -> str:
+    """Enqueue the next `advance` of a batch (after `delay_s`), signed with `secret` when one is
+    set (workers holding a secret run only signed jobs); returns its RQ job id."""
     n = redis.incr(f"{pb_key(batch_id)}:polls")
     redis.expire(f"{pb_key(batch_id)}:polls", BATCH_TTL_S)
     job_id = "pb" + hashlib.sha256(batch_id.encode()).hexdigest()[:32] + f"-{n}"
     redis.set(f"{pb_key(batch_id)}:next", job_id, ex=int(delay_s) + LOCK_S)
-    options: dict[str, Any] = {"job_id": job_id, "job_timeout": LOCK_S, "result_ttl": RESULT_TTL_S}
+    options: dict[str, Any] = {
+        "job_id": job_id,
+        "job_timeout": LOCK_S,
+        "result_ttl": RESULT_TTL_S,
+        "meta": signed_meta(secret, ADVANCE_FUNC, (batch_id,), {}, job_id),
+    }
     queue = rq_queue(redis)
     if delay_s > 0:
         queue.enqueue_in(timedelta(seconds=delay_s), ADVANCE_FUNC, batch_id, **options)
@@ -59,13 +69,18 @@ def enqueue_advance(redis: redis_lib.Redis, batch_id: str, delay_s: float = 0.0)
 
 
 def enqueue_batch_api(
-    job: Job, tasks: Sequence[ConversationTask], *, redis: redis_lib.Redis, output: str | None = None
+    job: Job,
+    tasks: Sequence[ConversationTask],
+    *,
+    redis: redis_lib.Redis,
+    output: str | None = None,
+    secret: str | None = None,
 ) -> str:
     """Start (or find again) the Batch API rounds of a job and hand them to the workers; returns
     the batch id. A batch whose polling is already scheduled gets no second chain of polls."""
     batch_id = start_batch_api(job, tasks, redis=redis, output=output)
     if redis.set(f"{pb_key(batch_id)}:next", "starting", nx=True, ex=LOCK_S):
-        enqueue_advance(redis, batch_id)
+        enqueue_advance(redis, batch_id, secret=secret)
     return batch_id
 
 
@@ -86,5 +101,5 @@ def advance(batch_id: str) -> dict[str, Any]:
     if step.done:
         redis.delete(f"{pb_key(batch_id)}:next")
     else:
-        enqueue_advance(redis, batch_id, step.wait_s)
+        enqueue_advance(redis, batch_id, step.wait_s, secret=execute.settings().queue_secret)
     return {"batch": batch_id, "round": step.round, "done": step.done, "next_in_s": step.wait_s}

@@ -59,7 +59,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from runner.engine.client import shared_client, warm_models
 from runner.errors import QueueError
-from runner.queue import execute, fence, metrics, security, spool
+from runner.queue import batch_api_jobs, execute, fence, metrics, security, spool
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
@@ -88,6 +88,10 @@ STOP_GRACE_S = 10.0
 DEFAULT_CONCURRENCY = 64
 """Conversations in flight per worker process (`runner worker --concurrency`): at 1 request per
 turn and runs of a few seconds, enough for one process to fill a tier of ~1,000+ requests/minute."""
+
+
+# The Batch API's polls are the other job kind a worker runs (registered with the allow-list).
+assert batch_api_jobs.ADVANCE_FUNC in security.JOB_FUNCTIONS
 
 
 class RunnerWorker(SimpleWorker):
