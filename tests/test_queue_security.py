@@ -100,7 +100,10 @@ def test_queue_security_a_foreign_function_is_refused_by_name(
     client: redis.Redis, func: str, args: tuple[Any, ...]
 ) -> None:
     reason = security.refusal(foreign(client, func, *args), secret=None)
-    assert reason == f"refused: runner workers run only runner.queue.execute.run_task, not '{func}'"
+    assert reason == (
+        "refused: runner workers run only runner.queue.batch_api_jobs.advance, runner.queue.execute.run_task,"
+        f" not '{func}'"
+    )
 
 
 def test_queue_security_judging_a_job_imports_nothing(client: redis.Redis, trap: tuple[str, Path]) -> None:

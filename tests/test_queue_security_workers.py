@@ -61,7 +61,8 @@ def test_queue_security_a_foreign_job_is_never_run_and_the_worker_goes_on(tmp_pa
         failed = rq_queue(client).failed_job_registry.get_job_ids()
         assert sorted(failed) == sorted(a.id for a in attacks)
         assert reason(client, attacks[0].id) == (
-            "refused: runner workers run only runner.queue.execute.run_task, not 'subprocess.run'"
+            "refused: runner workers run only runner.queue.batch_api_jobs.advance,"
+            " runner.queue.execute.run_task, not 'subprocess.run'"
         )
         assert refused_count(client) == 3
         info = Batch(client, batch_id).require()

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -92,6 +93,10 @@ def test_metrics_sum_what_forked_workers_record() -> None:
     assert ("runner_conversations_in_flight", ()) not in m  # dead workers no longer count (livesum)
 
 
+def _finished(m: dict[Any, float]) -> float:
+    return sum(v for (name, _), v in m.items() if name == "runner_conversations_total")
+
+
 @pytest.mark.slow
 def test_metrics_of_a_worker_pool_equal_its_records(
     tmp_path: Path, sim_factory: Callable[..., RunningSimulator], monkeypatch: pytest.MonkeyPatch
@@ -125,7 +130,8 @@ def test_metrics_of_a_worker_pool_equal_its_records(
             wait_finished(client, batch_id, 60)
             records = Batch(client, batch_id).records().values()
             time.sleep(0.5)
-            m = wait_until(lambda: scrape(port), 10, what="/metrics")
+            # A record is stored first and counted right after: wait until the last one is counted.
+            m = wait_until(lambda: (got := scrape(port)) and _finished(got) >= 4 and got, 20, what="/metrics")
         finally:
             pool.terminate()
             pool.wait(20)
