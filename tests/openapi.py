@@ -28,6 +28,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from runner.simulator.openapi.reduce import rewrite_nullable  # the one rewrite of `nullable`
+
 _URN = "urn:openai-openapi-subset"
 
 
@@ -40,29 +42,6 @@ def shared_dir() -> Path:
     if env:
         return Path(env)
     raise FileNotFoundError(f"no shared/ dir at {here}; set RUNNER_SHARED_DIR")
-
-
-def rewrite_nullable(node: Any) -> Any:
-    """OpenAPI 3.0 `nullable: true` → JSON Schema that also accepts null."""
-    if isinstance(node, list):
-        return [rewrite_nullable(x) for x in node]
-    if not isinstance(node, dict):
-        return node
-    node = {k: rewrite_nullable(v) for k, v in node.items()}
-    all_of = node.get("allOf")
-    if isinstance(all_of, list) and any(isinstance(s, dict) and s.get("nullable") is True for s in all_of):
-        rest = [s for s in all_of if not (isinstance(s, dict) and set(s) <= {"nullable", "description"})]
-        node = {k: v for k, v in node.items() if k != "allOf"}
-        return {"anyOf": [{**node, "allOf": rest}, {"type": "null"}]}
-    if node.pop("nullable", False) is not True:
-        return node
-    kind = node.get("type")
-    if isinstance(kind, str) and "$ref" not in node:
-        node["type"] = [kind, "null"]
-        if "enum" in node:
-            node["enum"] = [*node["enum"], None]
-        return node
-    return {"anyOf": [node, {"type": "null"}]}
 
 
 def _list_envelopes_allow_null_ids(schemas: dict[str, Any]) -> None:

@@ -2,8 +2,8 @@
 
 Anyone who can write to the queue's Redis can put a job on the queue `runner`. RQ would import and
 call whatever function such a job names (`subprocess.run`, `os.system`...): the JSON serializer
-stops pickle payloads, not that. So a worker checks every job *before RQ imports or calls anything*
-(`accept`, called where `RunnerWorker` takes a job):
+stops code hidden in serialized objects, not that. So a worker checks every job *before RQ imports
+or calls anything* (`accept`, called where `RunnerWorker` takes a job):
 
 * **Allow-list**: the job's function name (read from its JSON payload, never imported) must be one
   of `JOB_FUNCTIONS` (the runner's own job functions; a later job kind adds its function with
