@@ -10,7 +10,16 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runner.simulator import assistants, batches, chat, conversations, files, models, responses
+from runner.simulator import (
+    assistants,
+    batches,
+    chat,
+    conversations,
+    embeddings,
+    files,
+    models,
+    responses,
+)
 from runner.simulator.core import Simulator
 from runner.simulator.http import RAW_SEND_KEY, endpoint, json_response
 
@@ -39,6 +48,7 @@ def build_app(sim: Simulator) -> ASGIApp:
         (models, False),
         (files, False),
         (batches, False),
+        (embeddings, False),
     ):
         for path, handlers in module.routes():
             template = "/v1" + path

@@ -52,9 +52,13 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "o3",
     "o4-mini",
     "gpt-3.5-turbo",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "text-embedding-ada-002",
 )
 """The models a simulator knows by default: current OpenAI names (the repo's jobs use gpt-4o-mini and
-gpt-4.1-mini). Any other name gets 404 `model_not_found`, like OpenAI."""
+gpt-4.1-mini) and the embedding models of `/v1/embeddings`. Any other name gets 404
+`model_not_found`, like OpenAI."""
 
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 """Request bodies above this many bytes get 413 (OpenAI's API front refuses bodies of tens of MB;

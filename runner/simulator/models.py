@@ -24,6 +24,9 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "o3": 200_000,
     "o4-mini": 200_000,
     "gpt-3.5-turbo": 16_385,
+    "text-embedding-3-small": 8_192,
+    "text-embedding-3-large": 8_192,
+    "text-embedding-ada-002": 8_192,
 }
 """Tokens a request may hold per model (OpenAI's model pages); other names get the default."""
 

@@ -13,6 +13,8 @@ cheap and matches what the real API sends:
 - list envelopes accept `first_id`/`last_id` null on empty pages (what the API sends, wire §4);
 - `oneOf` becomes `anyOf`: OpenAI's unions overlap (an input message is both an `EasyInputMessage`
   and an `Item`), and the API accepts a value matching several branches;
+- an `Embedding`'s `embedding` may also be a string: with `encoding_format: base64` the API sends
+  the floats as base64 (the schema only documents the float array);
 - inline request schemas become named components (`SimulatorBody_…`), so every `$ref` resolves
   against the document.
 """
@@ -28,7 +30,7 @@ from typing import Any
 OUT = Path(__file__).with_name("openapi.json")
 SERVED_PREFIXES = (
     "/assistants", "/threads", "/responses", "/conversations", "/chat/completions", "/models",
-    "/files", "/batches",
+    "/files", "/batches", "/embeddings",
 )  # fmt: skip
 NOT_SERVED = {"/responses/compact", "/responses/input_tokens", "/chat/completions/{completion_id}"}
 EXTRA = ("ErrorResponse", "CreateChatCompletionStreamResponse", "ResponseStreamEvent", "ResponseErrorEvent")
@@ -162,6 +164,9 @@ def reduce(doc: dict[str, Any]) -> dict[str, Any]:
         if props and {"first_id", "last_id", "has_more", "data"} <= set(props):
             for key in ("first_id", "last_id"):
                 props[key] = {"anyOf": [props[key], {"type": "null"}]}
+    embedding = schemas.get("Embedding", {}).get("properties", {})
+    if "embedding" in embedding:  # `encoding_format: base64` sends a string (see the docstring)
+        embedding["embedding"] = {"anyOf": [embedding["embedding"], {"type": "string"}]}
     return {
         "openapi": doc["openapi"],
         "info": {
