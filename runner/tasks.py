@@ -65,6 +65,17 @@ class GraderSpec(_Frozen):
     embedding_model: str = "text-embedding-3-small"
 
 
+class ToolOutputRule(_Frozen):
+    """A function's output that depends on the call's arguments (`runner.jobs.tooloutputs`): by the
+    value of one argument (`by`, `outputs` by value as text, `default`), or computed by a python
+    function (`python`: the function as `runner.jobs.pychecks.resolve` describes it)."""
+
+    by: str | None = None
+    outputs: dict[str, str] = {}
+    default: str | None = None
+    python: dict[str, Any] | None = None
+
+
 class TurnSpec(_Frozen):
     user: str
     expect: tuple[CheckSpec, ...] = ()
@@ -91,7 +102,7 @@ class ConversationTask(_Frozen):
     vars: dict[str, Any] = {}
     matrix: dict[str, Any] = {}
     turns: tuple[TurnSpec, ...]
-    tool_outputs: dict[str, str] = {}
+    tool_outputs: dict[str, str | ToolOutputRule] = {}  # by function name: canned, or by arguments
     limits: Limits = Limits()
     repeat_index: int = 0
     expect: tuple[CheckSpec, ...] = ()  # conversation-level checks, after the last turn

@@ -164,7 +164,7 @@ def _accept_chat(task: ConversationTask, state: LineState, body: dict[str, Any])
                 "output": None,
             }
             state.tool_calls.append(record)
-            output = record["output"] = tool_output(task, name)
+            output = record["output"] = tool_output(task, name, record["arguments"])
             state.pending.append({"role": "tool", "tool_call_id": call["id"], "content": output})
         if not _tool_round(state):
             _finish_turn(task, state, "error", f"the model kept calling tools after {MAX_TOOL_ROUNDS} rounds")
@@ -201,7 +201,7 @@ def _accept_response(task: ConversationTask, state: LineState, body: dict[str, A
                 "output": None,
             }
             state.tool_calls.append(record)
-            output = record["output"] = tool_output(task, call["name"])
+            output = record["output"] = tool_output(task, call["name"], record["arguments"])
             state.pending.append(
                 {"type": "function_call_output", "call_id": call["call_id"], "output": output}
             )

@@ -6,7 +6,6 @@ combination (sorted keys) × repeat, in file order, with stable ids. Run by the 
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,8 +16,9 @@ from runner.jobs.checks import check_value_problem
 from runner.jobs.datasets import Row
 from runner.jobs.models import GENERATION_MATRIX_KEYS, MATRIX_KEYS, TEMPLATE, Assistant, Conversation, Loc
 from runner.jobs.templating import fill, fmt, names_in, render
+from runner.jobs.tooloutputs import as_text
 from runner.jobs.yamlload import where
-from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, GraderSpec, TurnSpec
+from runner.tasks import Api, AssistantSpec, CheckSpec, ConversationTask, GraderSpec, ToolOutputRule, TurnSpec
 
 if TYPE_CHECKING:
     from runner.jobs.validation import Checker
@@ -90,7 +90,12 @@ class Expansion:
             graded = any(c.spec.type in _MODEL_GRADED for c in checks)
             from_rows = needed - set(conv.vars) - matrix_vars
             static = None if needed else self._turns(plans, {}, None)
-            outputs = {k: v if isinstance(v, str) else json.dumps(v) for k, v in conv.tool_outputs.items()}
+            rules = self.checker.tool_rules(i, conv.tool_outputs)
+            if rules is None:
+                continue
+            outputs: dict[str, str | ToolOutputRule] = {
+                k: rules.get(k) or as_text(v) for k, v in conv.tool_outputs.items()
+            }
             per_combo = [self._combo(combo, key, assistant, specs) for combo in combos]
             for row in dataset[1] if dataset else [None]:
                 base = f"{parts.name}/{conv.id}" + (f"/{row.id}" if row else "")

@@ -41,6 +41,7 @@ from runner.errors import Problem
 from runner.jobs.checks import Check
 from runner.jobs.cron import cron_problem
 from runner.jobs.datasets import Row
+from runner.jobs.tooloutputs import value_schema as tool_output_schema
 from runner.jobs.yamlload import suggest
 from runner.simulator.rules import SimulatorRules
 from runner.tasks import Api, ConversationTask, Limits
@@ -254,7 +255,10 @@ class Conversation(_Model):
     )
     tool_outputs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Canned outputs of function tools by function name: a string, or data sent as JSON.",
+        description="Outputs of function tools by function name: a string, data sent as JSON, "
+        "`{by: argument, outputs: {value: output}, default}` (by the call's arguments), or "
+        "`{python: file.py:function}` (computed from them).",
+        json_schema_extra=lambda schema: schema.update(additionalProperties=tool_output_schema()),
     )
     turns: tuple[Turn, ...] = Field(min_length=1, description="The user turns, in order.")
     expect: tuple[Check, ...] = Field(

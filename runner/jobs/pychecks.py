@@ -35,6 +35,8 @@ from typing import Any
 from runner.errors import RunnerError
 
 PythonCheck = Callable[[Any, Any], Any]
+CHECK_CALL = "fn(reply, ctx)"
+"""How a python check is called; `call=` names another two-argument use (a tool output's)."""
 
 
 class PythonCheckError(RunnerError):
@@ -60,7 +62,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def resolve(ref: str, root: Path) -> dict[str, Any]:
+def resolve(ref: str, root: Path, call: str = CHECK_CALL) -> dict[str, Any]:
     """The task's description of `ref` (see the module doc); loads the function once to check it."""
     target, name = _split(ref)
     root = root.resolve()
@@ -84,11 +86,13 @@ def resolve(ref: str, root: Path) -> dict[str, Any]:
     if "module" not in desc:
         desc["path"] = file.relative_to(root).as_posix()
     desc["sha256"] = _sha256(file.read_bytes())
-    load_function(desc, allowed_packages=None)
+    load_function(desc, allowed_packages=None, call=call)
     return desc
 
 
-def load_function(desc: dict[str, Any], allowed_packages: Collection[str] | None) -> PythonCheck:
+def load_function(
+    desc: dict[str, Any], allowed_packages: Collection[str] | None, call: str = CHECK_CALL
+) -> PythonCheck:
     """The check's function, loaded as the module doc says; `allowed_packages` None: any module
     (the job file's own machine, at load time)."""
     name, sha = str(desc.get("name") or ""), str(desc.get("sha256") or "")
@@ -109,11 +113,11 @@ def load_function(desc: dict[str, Any], allowed_packages: Collection[str] | None
     with _lock:
         fn = _loaded.get(key)
         if fn is None:
-            fn = _loaded[key] = _load(desc, key[0], sha, name)
+            fn = _loaded[key] = _load(desc, key[0], sha, name, call)
     return fn
 
 
-def _load(desc: dict[str, Any], where: str, sha: str, name: str) -> PythonCheck:
+def _load(desc: dict[str, Any], where: str, sha: str, name: str, call: str) -> PythonCheck:
     shown = desc.get("function")
     if "module" in desc:
         try:
@@ -154,7 +158,7 @@ def _load(desc: dict[str, Any], where: str, sha: str, name: str) -> PythonCheck:
     try:
         inspect.signature(fn).bind(None, None)
     except TypeError:
-        raise PythonCheckError(f"{shown}: {name} must take two arguments, fn(reply, ctx)") from None
+        raise PythonCheckError(f"{shown}: {name} must take two arguments, {call}") from None
     except ValueError:
         pass  # a builtin without a signature: it will tell when called
     return fn

@@ -42,10 +42,11 @@ from runner.jobs.models import (
     Loc,
     Turn,
 )
-from runner.jobs.pychecks import PythonCheckError, resolve
+from runner.jobs.pychecks import CHECK_CALL, PythonCheckError, resolve
 from runner.jobs.templating import fmt, names_in
+from runner.jobs.tooloutputs import TOOL_CALL, is_rule, rule_problem, task_rule
 from runner.jobs.yamlload import Locator, YAMLProblems, suggest
-from runner.tasks import Api, ConversationTask, Limits
+from runner.tasks import Api, ConversationTask, Limits, ToolOutputRule
 
 
 @dataclass
@@ -246,7 +247,7 @@ class Checker:
     used_vars: set[str] = field(default_factory=set)
     matrix_ok: bool = True
     _bytes: dict[str, bytes] = field(default_factory=dict)
-    _python: dict[str, dict[str, Any] | str] = field(default_factory=dict)  # ref -> resolved, or why not
+    _python: dict[tuple[str, str], dict[str, Any] | str] = field(default_factory=dict)  # resolved, or why not
 
     def problem(self, loc: Loc, what: str) -> None:
         self.problems.append(self.loc.at(loc, what))
@@ -392,6 +393,26 @@ class Checker:
             elif value is None:
                 self.problem(at, "needs an output (a string, or data sent as JSON)")
 
+    def tool_rules(self, i: int, outputs: dict[str, Any]) -> dict[str, ToolOutputRule] | None:
+        """The conversation's `tool_outputs` given by arguments (`runner.jobs.tooloutputs`), ready for
+        its tasks; None when one is invalid (reported at its place)."""
+        rules: dict[str, ToolOutputRule] = {}
+        for name, value in outputs.items():
+            if not is_rule(value):
+                continue
+            at: Loc = ("conversations", i, "tool_outputs", name)
+            problem = rule_problem(value)
+            if problem is not None:
+                self.problem((*at, *problem[0]), problem[1])
+                return None
+            python = None
+            if "python" in value:
+                python = self.python_function((*at, "python"), str(value["python"]), TOOL_CALL)
+                if python is None:
+                    return None
+            rules[name] = task_rule(value, python)
+        return rules
+
     def _load_dataset(self, i: int, dataset: str) -> None:
         """Read a conversation's dataset; problems inside it are located in it."""
         assert self.datasets is not None
@@ -456,24 +477,28 @@ class Checker:
 
     def python_check(self, at: Loc, value: dict[str, Any]) -> dict[str, Any] | None:
         """A `python:` check's value with its function resolved and hashed (`runner.jobs.pychecks`),
-        or None when it cannot be (reported at `at`). Each function is loaded once per file."""
-        ref = str(value.get("function", ""))
-        if ref not in self._python:
+        or None when it cannot be (reported at `at`)."""
+        found = self.python_function(at, str(value.get("function", "")), CHECK_CALL)
+        return None if found is None else {**value, **found}
+
+    def python_function(self, at: Loc, ref: str, call: str) -> dict[str, Any] | None:
+        """`ref` resolved and hashed (`runner.jobs.pychecks`), or None when it cannot be (reported
+        at `at`). Each function is loaded once per file."""
+        if (ref, call) not in self._python:
             try:
                 if "{{" in ref:
-                    raise PythonCheckError("the function of a python check takes no {{var}}")
-                self._python[ref] = resolve(ref, self.folder)
+                    raise PythonCheckError("a python function reference takes no {{var}}")
+                self._python[ref, call] = resolve(ref, self.folder, call)
             except PythonCheckError as e:
-                self._python[ref] = str(e)
+                self._python[ref, call] = str(e)
             except Exception as e:  # the user's module raised while loading
-                self._python[ref] = f"loading {ref} raised {type(e).__name__}: {e}"
-        found = self._python[ref]
-        if not isinstance(found, str):
-            self._bytes[f"python-check:{ref}"] = found["sha256"].encode()  # a changed check: a new job
+                self._python[ref, call] = f"loading {ref} raised {type(e).__name__}: {e}"
+        found = self._python[ref, call]
         if isinstance(found, str):
             self.problem(at, found)
             return None
-        return {**value, **found}
+        self._bytes[f"python-check:{ref}"] = found["sha256"].encode()  # a changed function: a new job
+        return found
 
     def digest(self, raw: bytes) -> str:
         h = hashlib.sha256(raw)

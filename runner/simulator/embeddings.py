@@ -48,13 +48,17 @@ MAX_INPUT_TOKENS = 8192
 """Tokens one input may hold (OpenAI's limit for these models)."""
 
 _WORD = re.compile(r"\w+")
-_STOP = frozenset(
+STOPWORDS = (
     "a an and are as at be been but by can do does for from had has have he her his i if in into is "
     "it its me my no not of on or our she so than that the their them then there these they this to "
-    "was we were what when which who will with you your".split()
+    "was we were what when which who will with you your"
 )
+"""English function words: left out of a text's features, so unrelated texts do not look alike."""
+_STOP = frozenset(STOPWORDS.split())
 _SUFFIXES = ("ing", "ed", "es", "s")
-_INVALID_INPUT = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+_INVALID_INPUT = (
+    "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+)
 
 
 def stem(word: str) -> str:
@@ -121,9 +125,8 @@ def _dimensions(model: str, body: dict[str, Any], any_model: bool) -> int:
     if model in EMBEDDING_DIMENSIONS and model not in SHORTENABLE:
         raise bad_request("This model does not support specifying dimensions.", "dimensions", "invalid_value")
     if wanted > native:
-        raise bad_request(
-            f"Invalid 'dimensions': at most {native} for {model}, got {wanted}.", "dimensions", "invalid_value"
-        )
+        message = f"Invalid 'dimensions': at most {native} for {model}, got {wanted}."
+        raise bad_request(message, "dimensions", "invalid_value")
     return int(wanted)
 
 

@@ -42,7 +42,6 @@ from runner.engine.backends.base import (
     parse_arguments,
     poll_after_s,
     stream_timeout,
-    tool_output,
     usage_of,
 )
 from runner.engine.backends.params import run_params
@@ -210,7 +209,7 @@ class AssistantsConversation(Conversation):
                 }
                 result.tool_calls.append(record)
                 try:
-                    output = record["output"] = tool_output(self.task, name)
+                    output = record["output"] = self.tool_output(name, record["arguments"])
                 except MissingToolOutput:
                     self._cancel(state)
                     result.run_id, result.run_status = state.run.id, state.run.status

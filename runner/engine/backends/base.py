@@ -17,7 +17,9 @@ import openai
 
 from runner.engine.retry import Caller, describe_error
 from runner.errors import BackendError, FatalAPIError
+from runner.jobs.tooloutputs import ToolOutputFailed, choose
 from runner.records import ToolCallRecord, Usage, add_usage, empty_usage, unknown_usage
+from runner.settings import Settings
 from runner.tasks import Api, AssistantSpec, ConversationTask
 
 EXPECTED_COMPLETION_TOKENS = 128
@@ -72,15 +74,41 @@ class MissingToolOutput(BackendError):
         super().__init__(f"the assistant called tool {name!r}; the conversation has no tool_outputs for it")
 
 
+class ToolOutputError(MissingToolOutput):
+    """A tool output by arguments that failed: its python function could not be loaded, raised, or
+    returned what JSON cannot encode. Like a missing output, it ends the turn (not the worker)."""
+
+    def __init__(self, name: str, why: str):
+        self.name = name
+        BackendError.__init__(self, f"tool {name!r}: {why}")
+
+
 class Overdue(BackendError):
     """The run's deadline (`run_timeout_s`) passed while waiting for an answer: not retried."""
 
 
-def tool_output(task: ConversationTask, name: str) -> str:
+def tool_output(
+    task: ConversationTask, name: str, arguments: Any = None, turn: int | None = None, user: str | None = None
+) -> str:
+    """The output of a call of `name` with (parsed) `arguments`: canned, or chosen by the arguments
+    (`runner.jobs.tooloutputs`). Raises `MissingToolOutput` / `ToolOutputError`: the turn fails."""
     try:
-        return task.tool_outputs[name]
+        output = task.tool_outputs[name]
     except KeyError:
         raise MissingToolOutput(name) from None
+    if isinstance(output, str):
+        return output
+    ctx = {"tool": name, "conversation_id": task.conversation_id, "vars": dict(task.vars), "turn": turn,
+           "user": user}  # fmt: skip
+    try:
+        return choose(output, {} if arguments is None else arguments, ctx, _check_packages())
+    except ToolOutputFailed as e:
+        raise ToolOutputError(name, str(e)) from None
+
+
+def _check_packages() -> tuple[str, ...]:
+    """This worker's `RUNNER_CHECK_PACKAGES`: the packages whose `module:function` may run here."""
+    return Settings.from_env().check_packages
 
 
 @dataclass
@@ -105,6 +133,8 @@ class Conversation(ABC):
     """One conversation in flight: a thread, a conversation object, or (chat) our own history."""
 
     thread_id: str | None = None
+    _index: int | None = None  # the turn under way, for python tool outputs' ctx
+    _user: str | None = None
 
     def __init__(self, task: ConversationTask, caller: Caller, tag: dict[str, str]):
         self.task = task
@@ -115,8 +145,13 @@ class Conversation(ABC):
     def deadline_s(self) -> float:
         return self.task.limits.run_timeout_s
 
+    def tool_output(self, name: str, arguments: Any) -> str:
+        """The output of one call in the turn under way (see `tool_output`)."""
+        return tool_output(self.task, name, arguments, self._index, self._user)
+
     def turn(self, index: int, user: str) -> TurnResult:
         """Send one user message and wait for the reply; never raises except `FatalAPIError`."""
+        self._index, self._user = index, user
         result = TurnResult()
         try:
             self._turn(index, user, result)

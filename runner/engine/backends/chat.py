@@ -27,7 +27,6 @@ from runner.engine.backends.base import (
     estimate_tokens,
     parse_arguments,
     stream_timeout,
-    tool_output,
     usage_of,
 )
 from runner.engine.backends.params import chat_params
@@ -98,7 +97,7 @@ class ChatConversation(Conversation):
                 }
                 result.tool_calls.append(record)
                 try:
-                    output = record["output"] = tool_output(self.task, name)
+                    output = record["output"] = self.tool_output(name, record["arguments"])
                 except MissingToolOutput:
                     result.run_status = "cancelled"
                     raise

@@ -36,7 +36,6 @@ from runner.engine.backends.base import (
     parse_arguments,
     poll_after_s,
     stream_timeout,
-    tool_output,
     usage_of,
 )
 from runner.engine.backends.params import response_params
@@ -187,7 +186,7 @@ class ResponsesConversation(Conversation):
                 }
                 result.tool_calls.append(record)
                 try:
-                    output = record["output"] = tool_output(self.task, call["name"])
+                    output = record["output"] = self.tool_output(call["name"], record["arguments"])
                 except MissingToolOutput:
                     result.run_status = "cancelled"
                     raise
