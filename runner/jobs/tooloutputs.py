@@ -10,7 +10,7 @@ A conversation's `tool_outputs` maps a function name to one of:
       default: '{"error": "unknown order"}'        # optional: any other value
     lookup_order: {python: tools/orders.py:lookup}  # fn(arguments, ctx); also module:function
 
-A mapping with a `by` or `python` key is one of the last two forms (checked strictly: a typo is
+A mapping with a `by`, `outputs` or `python` key is one of the last two forms (checked strictly: a typo is
 an error, not data); to send data with such a key, write it as a JSON string. Values of `by` are
 compared as text: a number or boolean argument as its JSON (`7`, `true`), like YAML keys.
 
@@ -77,8 +77,8 @@ class PythonOutput(BaseModel):
 
 
 def is_rule(value: Any) -> bool:
-    """A `{by: ...}` or `{python: ...}` value rather than data to send as JSON."""
-    return isinstance(value, dict) and ("by" in value or "python" in value)
+    """A `{by, outputs}` or `{python}` value rather than data to send as JSON."""
+    return isinstance(value, dict) and ("by" in value or "outputs" in value or "python" in value)
 
 
 def rule_problem(value: dict[str, Any]) -> tuple[tuple[str | int, ...], str] | None:
@@ -96,9 +96,10 @@ def rule_problem(value: dict[str, Any]) -> tuple[tuple[str | int, ...], str] | N
         loc = tuple(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; a {'python' if model is PythonOutput else 'by'} tool output takes " + (
-                "`python`" if model is PythonOutput else "`by`, `outputs`, `default`"
-            )
+            takes = "`python` alone" if model is PythonOutput else "`by`, `outputs`, `default`"
+            msg = f"unknown key; an output by arguments takes {takes}"
+        elif err["type"] == "missing" and loc == ("by",):
+            msg = "`outputs` needs `by`: the argument whose value picks the output"
         return loc, msg
     return None
 
@@ -115,7 +116,7 @@ def value_schema() -> dict[str, Any]:
             {"type": "string", "description": "Sent as it is."},
             {**ByArgument.model_json_schema(), "required": ["by"]},
             PythonOutput.model_json_schema(),
-            {"description": "Any other data: sent as JSON (a mapping with `by` or `python` is a rule)."},
+            {"description": "Other data: sent as JSON (with a key `by`, `outputs` or `python`: a rule)."},
         ]
     }
 
