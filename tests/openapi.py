@@ -136,6 +136,7 @@ RESPONSE_SCHEMAS: list[tuple[str, str, str]] = [
     ("GET", r"/batches", "ListBatchesResponse"),
     ("GET", rf"/batches/{_ID}", "Batch"),
     ("POST", rf"/batches/{_ID}/cancel", "Batch"),
+    ("POST", r"/embeddings", "CreateEmbeddingResponse"),  # float vectors (base64 sends strings)
 ]
 _COMPILED = [(set(m.split("|")), re.compile(rf"^{p}$"), s) for m, p, s in RESPONSE_SCHEMAS]
 

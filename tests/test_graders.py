@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from runner.cli import main
 from runner.engine.conversation import run_conversation
+from runner.engine.graders import _no_embeddings
 from runner.engine.limits import LocalLimiter
 from runner.jobs import load_job
 from runner.jobs.loader import expand
@@ -326,15 +327,42 @@ def test_graders_similar_ranks_a_paraphrase_above_unrelated_text(
     expect = [
         {"similar": {"to": "Refunds are accepted within 30 days of purchase.", "at_least": 0.5}},
         {"similar": {"to": "The weather in Paris is sunny today.", "at_least": 0.5}},
+        {"similar": {"to": "Refunds within 30 days.", "at_least": 0.5, "method": "lexical"}},
+    ]
+    path = write_job(tmp_path, [{"id": "c", "turns": [{"user": "refund", "expect": expect}]}])
+    limiter = CountingLimiter()
+    (record,) = run_all(path, sim, openai_client(sim), limiter)
+    near, far, lexical = checks_of(record)
+    assert near["score"] > 0.5 > far["score"]
+    assert (near["passed"], far["passed"]) == (True, False)
+    # The simulator serves /v1/embeddings: both went through it, through the shared limiter.
+    assert near["method"] == far["method"] == "embeddings:text-embedding-3-small"
+    assert sim.stats()["by_route"]["POST /v1/embeddings"] == 2
+    assert limiter.taken == sum(sim.stats()["by_route"].values()) == record["requests"] == 3
+    assert lexical["method"] == "lexical:token-cosine" and lexical["passed"] is True
+    usage = record["turns"][0]["grader_usage"]
+    assert usage["requests"] == 2 and usage["completion_tokens"] == 0
+    assert set(usage["by_model"]) == {"text-embedding-3-small"}
+    assert usage["total_tokens"] == usage["prompt_tokens"] > 0
+    assert record["usage"] == record["turns"][0]["usage"]  # the embeddings are grading, not the turn's
+
+
+def test_graders_similar_without_embeddings_falls_back_to_lexical(
+    tmp_path: Path, sim_factory: Callable[..., RunningSimulator], openai_client: Callable[..., openai.OpenAI]
+) -> None:
+    # A catalogue without the embeddings model: the server answers 404 model_not_found.
+    sim = sim_factory(rules={"rules": RULES}, models=("gpt-4o-mini",))
+    expect = [
+        {"similar": {"to": "Refunds are accepted within 30 days of purchase.", "at_least": 0.5}},
         {"similar": {"to": "Refunds within 30 days.", "at_least": 0.5, "method": "embeddings"}},
     ]
     path = write_job(tmp_path, [{"id": "c", "turns": [{"user": "refund", "expect": expect}]}])
-    (record,) = run_all(path, sim, openai_client(sim))
-    near, far, embeddings = checks_of(record)
-    assert near["score"] > 0.5 > far["score"]
-    assert (near["passed"], far["passed"]) == (True, False)
-    # The simulator serves no /v1/embeddings: the lexical fallback is used and named.
-    assert near["method"] == far["method"] == "lexical:token-cosine"
+    try:
+        (record,) = run_all(path, sim, openai_client(sim))
+    finally:
+        _no_embeddings.clear()  # remembered by base URL: a later simulator may get the same port
+    near, embeddings = checks_of(record)
+    assert near["method"] == "lexical:token-cosine" and near["passed"] is True
     assert embeddings["verdict"] == "error" and embeddings["method"] == "embeddings:text-embedding-3-small"
     assert "no embeddings at this server (HTTP 404)" in embeddings["detail"]
 

@@ -65,6 +65,9 @@ DEFAULT_PRICES: dict[str, Price] = {
     "o3": Price(2.00, 8.00),
     "o3-mini": Price(1.10, 4.40),
     "o4-mini": Price(1.10, 4.40),
+    "text-embedding-3-small": Price(0.02, 0.0),  # `similar` checks: embeddings have no output tokens
+    "text-embedding-3-large": Price(0.13, 0.0),
+    "text-embedding-ada-002": Price(0.10, 0.0),
 }
 
 

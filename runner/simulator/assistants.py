@@ -300,6 +300,7 @@ async def _start_run(call: Call, thread: Thread, body: dict[str, Any], new_threa
         function_names(tools),
         options["tool_choice"],
         options["parallel_tool_calls"],
+        options["response_format"],
     )
     if plan.kind == "quota":
         sim.stats.event("quota")

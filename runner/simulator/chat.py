@@ -87,7 +87,12 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _plan(
-    sim: Simulator, messages: list[dict[str, Any]], tools: list[str], tool_choice: Any, parallel: Any = True
+    sim: Simulator,
+    messages: list[dict[str, Any]],
+    tools: list[str],
+    tool_choice: Any,
+    parallel: Any = True,
+    response_format: Any = None,
 ) -> Plan:
     tail = len(messages)
     while tail > 0 and messages[tail - 1]["role"] == "tool":
@@ -108,7 +113,7 @@ def _plan(
             if isinstance(c, dict) and isinstance(c.get("function"), dict)
         ]
         return plan_after_tools(sim.config.rules, user, names, outputs)
-    return plan_turn(sim.config.rules, user, tools, tool_choice, parallel is not False)
+    return plan_turn(sim.config.rules, user, tools, tool_choice, parallel is not False, response_format)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -154,6 +159,7 @@ async def create_chat_completion(call: Call) -> Any:
         function_names(tools),
         body.get("tool_choice") or "auto",
         body.get("parallel_tool_calls"),
+        body.get("response_format"),
     )
     stream = bool(body.get("stream"))
     prompt = count_tokens(

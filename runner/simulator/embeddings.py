@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import re
 import struct
 from collections import Counter
 from typing import Any
@@ -32,6 +31,7 @@ from runner.simulator.config import ANY_MODEL
 from runner.simulator.http import Call, bad_request
 from runner.simulator.models import CONTEXT_WINDOWS, check_model
 from runner.simulator.replies import count_tokens
+from runner.simulator.words import features
 
 EMBEDDING_DIMENSIONS: dict[str, int] = {
     "text-embedding-3-small": 1536,
@@ -47,33 +47,9 @@ DEFAULT_DIMENSIONS = 1536
 MAX_INPUT_TOKENS = 8192
 """Tokens one input may hold (OpenAI's limit for these models)."""
 
-_WORD = re.compile(r"\w+")
-STOPWORDS = (
-    "a an and are as at be been but by can do does for from had has have he her his i if in into is "
-    "it its me my no not of on or our she so than that the their them then there these they this to "
-    "was we were what when which who will with you your"
-)
-"""English function words: left out of a text's features, so unrelated texts do not look alike."""
-_STOP = frozenset(STOPWORDS.split())
-_SUFFIXES = ("ing", "ed", "es", "s")
 _INVALID_INPUT = (
     "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
 )
-
-
-def stem(word: str) -> str:
-    """A crude English stem: one of -ing, -ed, -es, -s off a word long enough to keep a root."""
-    for suffix in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
-            return word[: -len(suffix)]
-    return word
-
-
-def features(text: str) -> Counter[str]:
-    """The stems of `text` that carry meaning; all its words when it has none of those."""
-    words = _WORD.findall(text.lower())
-    meaning = [stem(w) for w in words if w not in _STOP]
-    return Counter(meaning or words or [text])
 
 
 def embed(bag: Counter[str], dimensions: int) -> list[float]:

@@ -14,7 +14,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from runner.simulator.grading import grade, grading_form
 from runner.simulator.rules import Rule, SimulatorRules
+from runner.simulator.structured import requested
 
 PlanKind = Literal["reply", "call", "fail", "quota"]
 
@@ -98,6 +100,7 @@ def plan_turn(
     tools: Collection[str],
     tool_choice: Any = "auto",
     parallel: bool = True,
+    response_format: Any = None,
 ) -> Plan:
     """The answer to `message` (the latest user message).
 
@@ -105,6 +108,8 @@ def plan_turn(
     is declared in `tools` and `tool_choice` allows it (a real model cannot call undeclared tools);
     such rules are skipped. `tool_choice` "required" or a named function forces a call. Without
     `parallel` (parallel_tool_calls: false) a rule naming several calls makes only the first.
+    A grading request (`response_format`, see `runner.simulator.grading`) no rule matched gets the
+    default grading policy's answer instead of the default reply.
     """
     variables = {"message": message}
     calls_allowed = tool_choice != "none"
@@ -130,6 +135,10 @@ def plan_turn(
         return Plan("reply", text=render(rule.reply or "", variables), rule=rule)
     if forced:
         return Plan("call", calls=((forced, "{}"),))
+    want = requested(response_format)
+    graded = grading_form(want[1]) if want is not None else None
+    if graded is not None:
+        return Plan("reply", text=grade(message, *graded))
     return Plan("reply", text=render(rules.default, variables))
 
 

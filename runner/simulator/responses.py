@@ -134,6 +134,7 @@ def _plan(
             function_names(req["tools"]),
             req["tool_choice"],
             req["parallel_tool_calls"],
+            (req.get("text") or {}).get("format"),
         )
     calls = {it["call_id"]: i for i, it in enumerate(history) if it["type"] == "function_call"}
     names = []

@@ -78,6 +78,8 @@ def embed(
             raise EmbeddingsUnavailable(f"no embeddings at this server (HTTP {e.status_code})") from None
         raise
     usage = usage_of(result.usage)
+    if usage["prompt_tokens"] is not None:  # embeddings generate nothing: no completion, not unknown
+        usage["completion_tokens"] = 0
     caller.limiter.settle(estimate, usage["total_tokens"] if usage["total_tokens"] is not None else estimate)
     vectors = [list(d.embedding) for d in sorted(result.data, key=lambda d: d.index)]
     if len(vectors) != len(texts):
