@@ -1,6 +1,8 @@
 """The simulator's `POST /v1/embeddings` through the real openai SDK: strict requests, deterministic
 vectors whose cosine follows shared words, float and base64 encodings, `dimensions`, usage."""
 
+# ruff: noqa: E501  (a table of requests and OpenAI's answers reads best one per line)
+
 from __future__ import annotations
 
 import math
@@ -58,8 +60,8 @@ def test_simulator_embeddings_base64_is_what_the_sdk_asks_for_and_decodes(
             model="text-embedding-3-large", input=REFERENCE, encoding_format="base64"
         )
     assert len(decoded.data[0].embedding) == 3072
-    assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(decoded.data[0].embedding,
-                                                                                 plain.data[0].embedding, strict=True))  # fmt: skip
+    pairs = zip(decoded.data[0].embedding, plain.data[0].embedding, strict=True)
+    assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in pairs)  # float32 of the same
     assert isinstance(raw.http_response.json()["data"][0]["embedding"], str)
 
 
