@@ -496,3 +496,54 @@ def test_graders_junit_failure_shows_the_graders_reason(tmp_path: Path) -> None:
     assert result.exit_code == 1
     xml = (tmp_path / "j.xml").read_text(encoding="utf-8")
     assert 'message="turn 1: judge &quot;r&quot; failed (judge scored 3, below pass_at 5: too vague)' in xml
+
+
+def test_graders_simulator_default_grading_policy_by_the_reply(
+    tmp_path: Path, sim_factory: Callable[..., RunningSimulator], openai_client: Callable[..., openai.OpenAI]
+) -> None:
+    # No rule matches the grading prompts: the simulator's documented default policy grades.
+    assistant_only = [r for r in RULES if not r["when"].startswith(GRADE)]
+    sim = sim_factory(rules={"rules": assistant_only})
+    expect = [
+        {"judge": 'The reply states the refund window ("30 days")'},
+        {"judge": {"rubric": 'Rate it: "refund", "30 days", "receipt", "store"',
+                   "score": {"min": 1, "max": 9, "pass_at": 5}}},
+        {"judge": {"rubric": 'Classify: "refunds", "30 days"', "labels": ["helpful", "partial", "evasive"],
+                   "pass": ["helpful"]}},
+        {"judge": "Refunds accepted within days"},  # no quotes: at least half the words
+    ]  # fmt: skip
+    path = write_job(
+        tmp_path,
+        [
+            {"id": "good", "turns": [{"user": "I want a refund", "expect": expect}]},
+            {"id": "bad", "turns": [{"user": "What is the weather?", "expect": expect}]},
+        ],
+    )
+    good, bad = run_all(path, sim, openai_client(sim))
+    verdict, score, label, words = checks_of(good)  # "Refunds are accepted within 30 days."
+    assert (verdict["passed"], verdict["reason"]) == (True, "found 1 of 1 rubric terms in the reply: 30 days")
+    assert (score["passed"], score["score"]) == (True, 5.0)  # 2 of 4 terms: 1 + 0.5 × 8
+    assert score["reason"] == "found 2 of 4 rubric terms in the reply: refund, 30 days; missing: receipt, store"
+    assert (label["passed"], label["label"]) == (True, "helpful")
+    assert words["passed"] is True
+    verdict, score, label, words = checks_of(bad)  # "I cannot help with that."
+    assert (verdict["passed"], verdict["verdict"]) == (False, "fail")
+    assert verdict["detail"] == "judge: fail: found 0 of 1 rubric terms in the reply; missing: 30 days"
+    assert (score["passed"], score["score"]) == (False, 1.0)
+    assert (label["passed"], label["label"]) == (False, "evasive")
+    assert words["passed"] is False
+
+
+def test_graders_simulator_default_policy_needs_the_rubric_and_reply_in_the_prompt(
+    tmp_path: Path, sim_factory: Callable[..., RunningSimulator], openai_client: Callable[..., openai.OpenAI]
+) -> None:
+    sim = sim_factory(rules={"rules": [r for r in RULES if not r["when"].startswith(GRADE)]})
+    path = write_job(
+        tmp_path,
+        [{"id": "c", "turns": [{"user": "refund", "expect": [{"judge": '"30 days"'}]}]}],
+        grader={"prompt": "Does {{reply}} meet {{rubric}}?"},
+    )
+    (record,) = run_all(path, sim, openai_client(sim))
+    (check,) = checks_of(record)
+    assert (check["passed"], check["verdict"]) == (False, "fail")
+    assert check["reason"] == "the simulator found no 'Rubric:' and 'reply to grade:' in the grading prompt"

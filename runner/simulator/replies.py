@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from runner.simulator.grading import grade, grading_form
 from runner.simulator.rules import Rule, SimulatorRules
-from runner.simulator.structured import requested
+from runner.simulator.structured import fits, requested
 
 PlanKind = Literal["reply", "call", "fail", "quota"]
 
@@ -108,12 +108,17 @@ def plan_turn(
     is declared in `tools` and `tool_choice` allows it (a real model cannot call undeclared tools);
     such rules are skipped. `tool_choice` "required" or a named function forces a call. Without
     `parallel` (parallel_tool_calls: false) a rule naming several calls makes only the first.
-    A grading request (`response_format`, see `runner.simulator.grading`) no rule matched gets the
-    default grading policy's answer instead of the default reply.
+    For a grading request (`response_format`, see `runner.simulator.grading`) a reply rule counts
+    only when its reply is a valid answer (JSON for the schema) or `ignore_format` is set: the
+    grading prompt quotes the conversation, which the assistant's own rules match too. No rule:
+    the default grading policy answers instead of the default reply.
     """
     variables = {"message": message}
     calls_allowed = tool_choice != "none"
     forced = _forced_function(tool_choice, tools)
+    want = requested(response_format)
+    schema = want[1] if want is not None else None
+    graded = grading_form(schema)
     for rule in rules.rules:
         match = re.search(rule.when, message)
         if not match:
@@ -132,11 +137,12 @@ def plan_turn(
             return Plan("fail", rule=rule)
         if rule.quota_exhausted:
             return Plan("quota", rule=rule)
-        return Plan("reply", text=render(rule.reply or "", variables), rule=rule)
+        text = render(rule.reply or "", variables)
+        if graded is not None and not rule.ignore_format and not fits(text, schema or {}):
+            continue  # an assistant's rule that also matches the grading prompt (which quotes the turn)
+        return Plan("reply", text=text, rule=rule)
     if forced:
         return Plan("call", calls=((forced, "{}"),))
-    want = requested(response_format)
-    graded = grading_form(want[1]) if want is not None else None
     if graded is not None:
         return Plan("reply", text=grade(message, *graded))
     return Plan("reply", text=render(rules.default, variables))

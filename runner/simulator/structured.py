@@ -54,6 +54,14 @@ def shape_reply(text: str, response_format: Any) -> str:
     return json.dumps(synthesize(schema, text), separators=(",", ":"), ensure_ascii=False)
 
 
+def fits(text: str, schema: dict[str, Any]) -> bool:
+    """`text` is JSON valid against `schema`."""
+    try:
+        return _valid(schema, json.loads(text))
+    except ValueError:
+        return False
+
+
 def _valid(schema: dict[str, Any], value: Any) -> bool:
     try:
         return bool(Draft202012Validator(schema).is_valid(value))
