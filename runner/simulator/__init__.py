@@ -7,13 +7,20 @@ user CI runs without tokens.
     ...     client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test")
 
 Modules: `config` (SimulatorConfig, --rules files), `rules` (the job file's `simulator:` block),
-`replies` (what the model says), `structured` (replies valid for a requested JSON schema),
+`replies` (what the model says), `grading` (the default answer to a `judge` grading request: the
+rubric's quoted phrases found in the reply decide verdict, score and label), `embeddings`
+(`/v1/embeddings`: a hashed bag of words, so cosine follows shared words), `words` (how both see
+a text), `structured` (replies valid for a requested JSON schema),
 `logprobs`, `threads` and `runs` (the Assistants objects and run lifecycle), `assistants`,
 `conversations`, `responses`, `chat`, `models` (routes), `streaming` (run events),
 `response_events` (the resumable Responses stream), `http` (auth, limits, faults, body checks,
 errors, stats around every route), `schemas` (OpenAI's schemas, shipped in `openapi/`), `strict`
 (request bodies against them), `audit` (answers against them), `ratelimits`, `faults`, `stats`,
 `pagination`, `app`, `server`.
+
+Besides the three protocols it serves `/v1/models`, `/v1/embeddings`, `/v1/files` and
+`/v1/batches`. It plays a grading model too: rules match grading prompts like any message, and a
+grading request no rule answers gets the deterministic default grading policy of `grading`.
 
 Strict like OpenAI: request bodies are validated against OpenAI's request schemas (400 with
 OpenAI's `code` and `param`), unknown models get 404 `model_not_found`, bodies over
