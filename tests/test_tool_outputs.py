@@ -24,6 +24,7 @@ from runner.jobs import load_job
 from runner.jobs.loader import expand
 from runner.jobs.pychecks import forget
 from runner.records import Record
+from runner.run import RunOptions, run_job
 from runner.settings import Settings
 from runner.simulator import RunningSimulator
 from runner.tasks import ConversationTask, ToolOutputRule
@@ -212,6 +213,7 @@ BAD = [
     ("missing-function", {"python": "tools/orders.py:nope"}, "tool_outputs.track.python: tools/orders.py:nope: no function 'nope' in "),
     ("wrong-signature", {"python": "tools/orders.py:one_arg"}, "tool_outputs.track.python: tools/orders.py:one_arg: one_arg must take two arguments, fn(arguments, ctx)"),
     ("outside-folder", {"python": "../x.py:f"}, "tool_outputs.track.python: ../x.py is outside the job file's folder"),
+    ("unknown-argument", {"by": "order_idd", "outputs": {"A1": "x"}}, "tool_outputs.track.by: function 'track' of assistant 'support' has no parameter 'order_idd' (did you mean 'order_id'?); it has: order_id, qty"),
     ("no-such-module", {"python": "no_such_module_xyz:f"}, "tool_outputs.track.python: no Python module 'no_such_module_xyz'"),
 ]  # fmt: skip
 
@@ -238,3 +240,25 @@ def test_tool_outputs_plain_forms_unchanged_and_schema_describes_the_rules(tmp_p
     value = schema["$defs"]["Conversation"]["properties"]["tool_outputs"]["additionalProperties"]
     forms = [set(o.get("properties", {})) for o in value["anyOf"]]
     assert {"by", "outputs", "default"} in forms and {"python"} in forms
+
+
+def test_tool_outputs_by_arguments_through_the_batch_api(
+    tmp_path: Path, sim_factory: Callable[..., RunningSimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = sim_factory(rules={"rules": RULES}, batch_latency_s=0.2)
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    path = write_job(
+        tmp_path,
+        {"lookup_order": BY_ORDER, "track": {"python": "tools/orders.py:lookup"}},
+        ["order C3", "track A1"],
+    )
+    options = RunOptions(output=str(tmp_path / "out.jsonl"), progress=False, batch_api=True)
+    (record,) = run_job(str(path), options, Settings.from_env()).records
+    assert record["status"] == "completed", record["error"]
+    assert {t["via"] for t in record["turns"]} == {"batch"}
+    assert record["turns"][0]["assistant"] == 'Order: {"error": "no output for order_id=\'C3\'"}'
+    out = json.loads(record["turns"][1]["tool_calls"][0]["output"])
+    assert out == {"order": "A1", "turn": 1, "user": "track A1", "tool": "track", "vars": {"shop": "north"}}

@@ -148,6 +148,10 @@ def _tool_round(state: LineState) -> bool:
     return state.step < MAX_TOOL_ROUNDS
 
 
+def _tool_output(task: ConversationTask, state: LineState, name: str, arguments: Any) -> str:
+    return tool_output(task, name, arguments, state.turn, task.turns[state.turn].user)
+
+
 def _accept_chat(task: ConversationTask, state: LineState, body: dict[str, Any]) -> None:
     reply = parse_completion(ChatCompletion.model_validate(body))
     state.run_id = reply.id
@@ -164,7 +168,7 @@ def _accept_chat(task: ConversationTask, state: LineState, body: dict[str, Any])
                 "output": None,
             }
             state.tool_calls.append(record)
-            output = record["output"] = tool_output(task, name, record["arguments"])
+            output = record["output"] = _tool_output(task, state, name, record["arguments"])
             state.pending.append({"role": "tool", "tool_call_id": call["id"], "content": output})
         if not _tool_round(state):
             _finish_turn(task, state, "error", f"the model kept calling tools after {MAX_TOOL_ROUNDS} rounds")
@@ -201,7 +205,7 @@ def _accept_response(task: ConversationTask, state: LineState, body: dict[str, A
                 "output": None,
             }
             state.tool_calls.append(record)
-            output = record["output"] = tool_output(task, call["name"], record["arguments"])
+            output = record["output"] = _tool_output(task, state, call["name"], record["arguments"])
             state.pending.append(
                 {"type": "function_call_output", "call_id": call["call_id"], "output": output}
             )

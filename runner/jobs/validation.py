@@ -392,6 +392,20 @@ class Checker:
                 )
             elif value is None:
                 self.problem(at, "needs an output (a string, or data sent as JSON)")
+            elif is_rule(value) and isinstance(value.get("by"), str):
+                self._by_argument(at, key, name, value["by"], assistant)
+
+    def _by_argument(self, at: Loc, key: str, name: str, by: str, assistant: Assistant) -> None:
+        """`by` names an argument the function declares (a typo would always miss)."""
+        fn = next(t.function for t in assistant.tools if t.function is not None and t.function.name == name)
+        props = (fn.parameters or {}).get("properties")
+        if isinstance(props, dict) and props and by not in props:
+            names = [str(p) for p in props]
+            self.problem(
+                (*at, "by"),
+                f"function {name!r} of assistant {key!r} has no parameter {by!r}{suggest(by, names)}; "
+                f"it has: {', '.join(names)}",
+            )
 
     def tool_rules(self, i: int, outputs: dict[str, Any]) -> dict[str, ToolOutputRule] | None:
         """The conversation's `tool_outputs` given by arguments (`runner.jobs.tooloutputs`), ready for
