@@ -30,7 +30,7 @@ def test_cli_jobs_validate_samples(in_root: None) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "jobs/bulk-eval.yaml: ok: 80 conversations, 80 turns, 240 checks",
-        "jobs/graded.yaml: ok: 1 conversation, 2 turns, 11 checks",
+        "jobs/graded.yaml: ok: 1 conversation, 3 turns, 15 checks",
         "jobs/quickstart.yaml: ok: 3 conversations, 6 turns, 8 checks",
         "jobs/regression-suite.yaml: ok: 4 conversations, 5 turns, 17 checks",
     ]
