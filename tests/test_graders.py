@@ -328,20 +328,22 @@ def test_graders_similar_ranks_a_paraphrase_above_unrelated_text(
         {"similar": {"to": "Refunds are accepted within 30 days of purchase.", "at_least": 0.5}},
         {"similar": {"to": "The weather in Paris is sunny today.", "at_least": 0.5}},
         {"similar": {"to": "Refunds within 30 days.", "at_least": 0.5, "method": "lexical"}},
+        {"similar": {"to": "You can get your refund within 30 days.", "at_least": 0.5}},
     ]
     path = write_job(tmp_path, [{"id": "c", "turns": [{"user": "refund", "expect": expect}]}])
     limiter = CountingLimiter()
     (record,) = run_all(path, sim, openai_client(sim), limiter)
-    near, far, lexical = checks_of(record)
-    assert near["score"] > 0.5 > far["score"]
+    near, far, lexical, paraphrase = checks_of(record)  # the reply: "Refunds are accepted within 30 days."
+    assert near["score"] > paraphrase["score"] > 0.5 > far["score"]
+    assert paraphrase["passed"] is True
     assert (near["passed"], far["passed"]) == (True, False)
     # The simulator serves /v1/embeddings: both went through it, through the shared limiter.
     assert near["method"] == far["method"] == "embeddings:text-embedding-3-small"
-    assert sim.stats()["by_route"]["POST /v1/embeddings"] == 2
-    assert limiter.taken == sum(sim.stats()["by_route"].values()) == record["requests"] == 3
+    assert sim.stats()["by_route"]["POST /v1/embeddings"] == 3
+    assert limiter.taken == sum(sim.stats()["by_route"].values()) == record["requests"] == 4
     assert lexical["method"] == "lexical:token-cosine" and lexical["passed"] is True
     usage = record["turns"][0]["grader_usage"]
-    assert usage["requests"] == 2 and usage["completion_tokens"] == 0
+    assert usage["requests"] == 3 and usage["completion_tokens"] == 0
     assert set(usage["by_model"]) == {"text-embedding-3-small"}
     assert usage["total_tokens"] == usage["prompt_tokens"] > 0
     assert record["usage"] == record["turns"][0]["usage"]  # the embeddings are grading, not the turn's

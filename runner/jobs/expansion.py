@@ -94,7 +94,7 @@ class Expansion:
             if rules is None:
                 continue
             outputs: dict[str, str | ToolOutputRule] = {
-                k: rules.get(k) or as_text(v) for k, v in conv.tool_outputs.items()
+                k: rules[k] if k in rules else as_text(v) for k, v in conv.tool_outputs.items()
             }
             per_combo = [self._combo(combo, key, assistant, specs) for combo in combos]
             for row in dataset[1] if dataset else [None]:

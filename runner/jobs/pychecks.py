@@ -18,6 +18,8 @@ signature, as `PATH:LINE`). A worker (`load_function`) never imports a module th
   worker's own `RUNNER_CHECK_PACKAGES`, and only if its file still hashes to `sha256`.
 
 Anything else is refused with a `PythonCheckError`, which fails that check (never the worker).
+Tool outputs computed by a function (`runner.jobs.tooloutputs`, called `fn(arguments, ctx)`) are
+resolved and loaded the same way (`call=` names their signature in errors).
 """
 
 from __future__ import annotations
