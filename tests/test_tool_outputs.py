@@ -7,6 +7,7 @@ plus `runner validate`'s errors for them."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import openai
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import missing_component
 
 from runner.cli import main
 from runner.engine.conversation import prepare_tasks, run_conversation
@@ -262,3 +264,26 @@ def test_tool_outputs_by_arguments_through_the_batch_api(
     assert record["turns"][0]["assistant"] == 'Order: {"error": "no output for order_id=\'C3\'"}'
     out = json.loads(record["turns"][1]["tool_calls"][0]["output"])
     assert out == {"order": "A1", "turn": 1, "user": "track A1", "tool": "track", "vars": {"shop": "north"}}
+
+
+def test_tool_outputs_python_failure_leaves_the_worker_process_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("redis-server") is None:
+        missing_component("redis-server (the queue's embedded Redis)")
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    path = write_job(tmp_path, {"track": {"python": "tools/orders.py:lookup"}}, ["track ZZ", "track A1"])
+    job = yaml.safe_load(path.read_text())
+    job["repeat"] = 3
+    job["simulator"] = {"latency_s": 0.05, "rules": RULES}
+    path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(main, ["run", str(path), "--simulate", "-o", str(out), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    # One worker carried all three: the first conversation's failing tool output did not stop it.
+    assert sorted(r["conversation_id"] for r in records) == [f"tools/c#r{i}" for i in range(3)]
+    for r in records:
+        assert r["status"] == "error" and r["attempts"] == 1
+        assert r["error"] == "turn 1: tool 'track': python tool output tools/orders.py:lookup raised KeyError: 'no order ZZ'"
