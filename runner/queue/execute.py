@@ -10,6 +10,11 @@ its environment; `run_task` is what every queued conversation names (`JOB_FUNC`)
 * **Fencing** (`runner.queue.fence`): the run's token is checked before every API request (with the
   batch's abort flag, so after a fatal answer no worker starts another request) and atomically with
   the store; a run that lost its lease stops and stores nothing.
+* **Redis away**: a record that cannot be stored within `spool.STORE_WAIT_S` goes to the spool on
+  disk (`runner.queue.spool`). A run stopped by the outage (past the limit, or the worker gave up)
+  or fenced raises `LeaseLostError` out of the job: the worker leaves the job to the reaper instead
+  of finishing it in RQ, so it runs again unless its record arrives (if the token moved on because a
+  restarted Redis lost its last second, nobody else would run it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from runner.queue import fence, metrics, spool
 from runner.queue.batch import Batch, outcome_of
 from runner.queue.conversations import error_record
 from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
+from runner.queue.redis_server import set_outage_limit
 from runner.queue.scopes import register, scope_for
 from runner.records import Record
 from runner.settings import Settings, scrub
@@ -46,6 +52,7 @@ def configure(settings: Settings) -> None:
     """Set this worker process's settings (read from its environment once, at start)."""
     global _settings
     _settings = settings
+    set_outage_limit(settings.redis_outage_s)  # how long every Redis call of this process waits
 
 
 def settings() -> Settings:
@@ -108,31 +115,40 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     except LeaseLostError as e:
         run.lost = run.lost or str(e)
         record = error_record(t, batch_id, attempt, str(e))
-    except Exception as e:  # a bug, a timeout or an outage: record it so the batch can finish
+    except (QueueError, redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+        run.lost, run.away = f"Redis unreachable: conversation stopped ({type(e).__name__})", True
+        record = error_record(t, batch_id, attempt, run.lost)
+    except Exception as e:  # a bug or a timeout: record it so the batch can finish
         record = error_record(t, batch_id, attempt, f"{type(e).__name__}: {e}")
     finally:
         request_guard.reset(guarded)
+    if run.lost is None and record["status"] != "completed" and fence.out_of_patience():
+        # The engine turned the limiter's outage error into an error record: not the conversation's.
+        run.lost, run.away = "Redis unreachable: conversation stopped", True
     if run.lost is not None:  # the engine turned the guard's refusal into an error: not a result
         return _stopped(batch, conv, run)
     try:
         stored = batch.store_fenced(record, generation, fence=(run.key, token), deadline_s=spool.STORE_WAIT_S)
-    except QueueError:  # Redis away: the record waits on disk, the keeper delivers it
+    except QueueError:  # Redis away: the record waits on disk (delivered by the worker)
         spool.put(config.home, batch_id, generation, (run.key, token), current.id, record)
         return {"conversation": conv, "status": record["status"], "spooled": True}
+    if stored < 0:
+        log.warning("job %s: lease lost (token %d): its record refused", current.id, token)
+        raise LeaseLostError(f"job {current.id}: record refused (token {token} fenced)")
     if stored == 1:
         _count(record)
-    elif stored < 0:
-        log.warning("job %s: lease lost (token %d): its record refused", current.id, token)
-    return {"conversation": conv, "status": record["status"], "stored": stored == 1, "fenced": stored < 0}
+    return {"conversation": conv, "status": record["status"], "stored": stored == 1}
 
 
 def _stopped(batch: Batch, conv: str, run: fence.Fence) -> dict[str, Any]:
-    """A run that may not go on: dropped if its batch was aborted, else left to the run that holds
-    the lease now (or to the reaper, after an outage)."""
-    with contextlib.suppress(redis_lib.RedisError, QueueError):
-        if batch.aborted():
-            batch.transition(conv, "dropped")
-    return {"conversation": conv, "stopped": run.lost}
+    """A run that may not go on: dropped if its batch was aborted; else (fenced, or Redis away)
+    `LeaseLostError`, so the worker leaves the job to the reaper (module docstring)."""
+    if not run.away:
+        with contextlib.suppress(redis_lib.RedisError, QueueError):
+            if batch.aborted():
+                batch.transition(conv, "dropped")
+                return {"conversation": conv, "stopped": run.lost}
+    raise LeaseLostError(run.lost or "conversation stopped")
 
 
 def _count(record: Record) -> None:
