@@ -29,6 +29,7 @@ import redis as redis_lib
 from rq import get_current_job
 
 from runner.engine.conversation import run_conversation
+from runner.engine.limits import ServerLimits
 from runner.engine.retry import request_guard
 from runner.errors import FatalAPIError, LeaseLostError, QueueError
 from runner.queue import fence, metrics, spool
@@ -104,7 +105,8 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     guarded = request_guard.set(run.check)  # this thread's requests, until the conversation ends
     try:
         with _slot(redis, t, config, current.id), metrics.in_flight():
-            record = run_conversation(t, batch_id=batch_id, limiter=limiter, attempt=attempt, settings=config)
+            through = ThroughOutages(limiter)
+            record = run_conversation(t, batch_id=batch_id, limiter=through, attempt=attempt, settings=config)
         for turn in record["turns"]:
             if turn["latency_ms"] is not None:
                 limiter.note_turn(turn["latency_ms"] / 1000)
@@ -138,6 +140,30 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     if stored == 1:
         _count(record)
     return {"conversation": conv, "status": record["status"], "stored": stored == 1}
+
+
+class ThroughOutages:
+    """The shared limiter as one conversation uses it: taking budget waits for Redis (the budget is
+    shared by every worker), correcting it (`settle`, `cooldown`, `learn`) is best effort while
+    Redis is away, so an answer already received is not lost to the limiter's bookkeeping."""
+
+    def __init__(self, limiter: RedisLimiter) -> None:
+        self.limiter = limiter
+
+    def acquire(self, requests: int = 1, tokens: int = 0) -> None:
+        self.limiter.acquire(requests, tokens)
+
+    def settle(self, estimated: int, actual: int) -> None:
+        with contextlib.suppress(QueueError, redis_lib.RedisError):
+            self.limiter.settle(estimated, actual)
+
+    def cooldown(self, seconds: float) -> None:
+        with contextlib.suppress(QueueError, redis_lib.RedisError):
+            self.limiter.cooldown(seconds)
+
+    def learn(self, limits: ServerLimits) -> None:
+        with contextlib.suppress(QueueError, redis_lib.RedisError):
+            self.limiter.learn(limits)
 
 
 def _stopped(batch: Batch, conv: str, run: fence.Fence) -> dict[str, Any]:

@@ -170,9 +170,14 @@ class RunnerWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # Take a job only when a thread is free to start it: a dequeued job waiting here would have
         # no lease, and the reaper would give it to another worker.
-        with self._changed:
-            while len(self._running) >= self.concurrency and not self._stop_requested:
+        while True:
+            with self._changed:
+                if len(self._running) < self.concurrency or self._stop_requested:
+                    break
                 self._changed.wait(1.0)
+            # Every slot busy, no Redis call here: the keeper's failing beats tell of an outage.
+            if fence.since_confirmed() > 3 * BEAT_S and not fence.reachable(self.connection):
+                self._ride_out()
         while True:
             if self._stop_requested:
                 return None
@@ -238,6 +243,11 @@ class RunnerWorker(SimpleWorker):
             time.sleep(min(pause, max(0.05, limit - away)))
             pause = min(pause * 2, 5.0)
         log.warning("Redis reachable again after %.1fs", time.monotonic() - began)
+        scheduler = self.scheduler
+        if scheduler is not None and not (scheduler._process and scheduler._process.is_alive()):
+            # RQ's scheduler process dies when Redis goes away; RQ restarts it only every 10 minutes.
+            with contextlib.suppress(redis_lib.RedisError):
+                scheduler.acquire_locks(auto_start=True)
 
     def _give_up(self, away: float) -> None:
         """Redis away past the limit: every conversation stops at its next request, every Redis
