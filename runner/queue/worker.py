@@ -60,7 +60,7 @@ from typing import Any
 
 import openai
 import redis as redis_lib
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.queue import Queue
@@ -235,8 +235,8 @@ class RunnerWorker(SimpleWorker):
         )  # fmt: skip
         pause = 0.25
         while not fence.reachable(self.connection):
-            if self._stop_requested:
-                return  # a warm stop: RQ's loop ends, `teardown` waits for the conversations
+            if self._stop_requested:  # a warm stop: RQ's loop ends, `teardown` waits for the conversations
+                raise StopRequested
             away = fence.since_confirmed()
             if away > limit:
                 self._give_up(away)
