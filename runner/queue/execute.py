@@ -107,7 +107,7 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
         with _slot(redis, t, config, current.id), metrics.in_flight():
             through = ThroughOutages(limiter)
             record = run_conversation(t, batch_id=batch_id, limiter=through, attempt=attempt, settings=config)
-        for turn in record["turns"]:
+        for turn in record["turns"] if not fence.redis_away() else ():
             if turn["latency_ms"] is not None:
                 limiter.note_turn(turn["latency_ms"] / 1000)
     except FatalAPIError as e:
@@ -129,10 +129,15 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
         run.lost, run.away = "Redis unreachable: conversation stopped", True
     if run.lost is not None:  # the engine turned the guard's refusal into an error: not a result
         return _stopped(batch, conv, run)
+    fence_of = (run.key, token)
     try:
-        stored = batch.store_fenced(record, generation, fence=(run.key, token), deadline_s=spool.STORE_WAIT_S)
-    except QueueError:  # Redis away: the record waits on disk (delivered by the worker)
-        spool.put(config.home, batch_id, generation, (run.key, token), current.id, record)
+        # Redis away: one quick try, then to disk (the worker delivers it when Redis is back).
+        away = fence.redis_away()
+        store = Batch(fence.quick(redis), batch_id) if away else batch
+        wait = 0.0 if away else spool.STORE_WAIT_S
+        stored = store.store_fenced(record, generation, fence=fence_of, deadline_s=wait)
+    except (QueueError, redis_lib.ConnectionError, redis_lib.TimeoutError):  # the record waits on disk
+        spool.put(config.home, batch_id, generation, fence_of, current.id, record)
         return {"conversation": conv, "status": record["status"], "spooled": True}
     if stored < 0:
         log.warning("job %s: lease lost (token %d): its record refused", current.id, token)
@@ -144,8 +149,8 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
 
 class ThroughOutages:
     """The shared limiter as one conversation uses it: taking budget waits for Redis (the budget is
-    shared by every worker), correcting it (`settle`, `cooldown`, `learn`) is best effort while
-    Redis is away, so an answer already received is not lost to the limiter's bookkeeping."""
+    shared by every worker); correcting it (`settle`, `cooldown`, `learn`) is best effort, skipped
+    while Redis is away, so an answer already received goes on to its store (or the spool) at once."""
 
     def __init__(self, limiter: RedisLimiter) -> None:
         self.limiter = limiter
@@ -155,15 +160,18 @@ class ThroughOutages:
 
     def settle(self, estimated: int, actual: int) -> None:
         with contextlib.suppress(QueueError, redis_lib.RedisError):
-            self.limiter.settle(estimated, actual)
+            if not fence.redis_away():
+                self.limiter.settle(estimated, actual)
 
     def cooldown(self, seconds: float) -> None:
         with contextlib.suppress(QueueError, redis_lib.RedisError):
-            self.limiter.cooldown(seconds)
+            if not fence.redis_away():
+                self.limiter.cooldown(seconds)
 
     def learn(self, limits: ServerLimits) -> None:
         with contextlib.suppress(QueueError, redis_lib.RedisError):
-            self.limiter.learn(limits)
+            if not fence.redis_away():
+                self.limiter.learn(limits)
 
 
 def _stopped(batch: Batch, conv: str, run: fence.Fence) -> dict[str, Any]:

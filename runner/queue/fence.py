@@ -46,6 +46,10 @@ TRUST_S = 6.0
 
 POLL_S = 0.5
 
+AWAY_S = 3.0
+"""The keeper beats every 2 s: a last confirmation older than this means a beat failed, and calls
+that are only best effort (limiter corrections) are skipped instead of waiting for Redis."""
+
 _claimed: dict[str, int] = {}
 _revoked: set[tuple[str, int]] = set()
 _lock = threading.Lock()
@@ -72,6 +76,16 @@ def confirmed() -> None:
 
 def since_confirmed() -> float:
     return time.monotonic() - _last_ok
+
+
+def redis_away() -> bool:
+    """The keeper's last beat failed: Redis is (probably) away right now."""
+    return since_confirmed() > AWAY_S
+
+
+def quick(redis: redis_lib.Redis) -> redis_lib.Redis:
+    """A client on the same server that fails at once when Redis is away (short timeouts, no retries)."""
+    return _quick_client(redis)
 
 
 def out_of_patience() -> bool:
