@@ -128,7 +128,7 @@ def test_outage_past_the_limit_exits_69_and_the_next_worker_delivers_the_spool(t
         wait_until(lambda: exited in log.read_text(), 120, 0.2, "the worker's exit 69")
         spooled = pending(home)
         assert spooled >= 1, "the answers that came back during the outage wait on disk"
-        assert f"exiting with code {EXIT_REDIS_OUTAGE}" in log.read_text()
+        assert f"exiting with code {EXIT_REDIS_OUTAGE}: {spooled} spooled record(s) stay" in log.read_text()
 
         server.start()  # the pool's next worker reaches Redis and delivers the spool
         wait_finished(client, batch_id, timeout=180)

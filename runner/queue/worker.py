@@ -74,7 +74,7 @@ from runner.queue import batch_api_jobs, execute, fence, metrics, security, spoo
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
-from runner.queue.redis_server import abandon, connect, die_with_parent
+from runner.queue.redis_server import abandon, abandoned, connect, die_with_parent
 from runner.settings import Settings
 
 log = logging.getLogger("runner.queue.worker")
@@ -254,12 +254,10 @@ class RunnerWorker(SimpleWorker):
         call of this process stops waiting, and the worker exits `EXIT_REDIS_OUTAGE`."""
         self._gave_up = True
         abandon()
-        spooled = spool.pending(execute.settings().home)
         log.error(
-            "Redis unreachable for %.0fs (limit %gs): stopping %d conversation(s), exiting with code %d;"
-            " %d spooled record(s) stay in %s",
-            away, execute.settings().redis_outage_s, self.in_flight, EXIT_REDIS_OUTAGE, spooled,
-            spool.spool_dir(execute.settings().home),
+            "Redis unreachable for %.0fs (limit %gs): stopping %d conversation(s) at their next request,"
+            " then exiting with code %d",
+            away, execute.settings().redis_outage_s, self.in_flight, EXIT_REDIS_OUTAGE,
         )  # fmt: skip
         raise SystemExit(EXIT_REDIS_OUTAGE)
 
@@ -361,6 +359,8 @@ class RunnerWorker(SimpleWorker):
     def _patiently(self, call: Any) -> None:
         """`call`, waiting through a Redis outage; `LeaseLostError` once the worker stops waiting."""
         while True:
+            if abandoned():  # the worker gave up on Redis: no bookkeeping, no wait
+                raise LeaseLostError("Redis unreachable: the worker stopped waiting")
             try:
                 return call()
             except LeaseLostError:
@@ -415,6 +415,11 @@ class RunnerWorker(SimpleWorker):
             if self._gave_up:  # Redis is away: only what needs none of it
                 if self.scheduler:
                     self.stop_scheduler()
+                home = execute.settings().home
+                log.error(
+                    "exiting with code %d: %d spooled record(s) stay in %s for the next worker of this"
+                    " RUNNER_HOME", EXIT_REDIS_OUTAGE, spool.pending(home), spool.spool_dir(home),
+                )  # fmt: skip
             else:
                 with contextlib.suppress(redis_lib.RedisError):
                     self.connection.zrem(WORKERS_KEY, self.name)
