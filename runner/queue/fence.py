@@ -68,10 +68,11 @@ def fence_key(job_id: str) -> str:
     return FENCE_PREFIX + job_id
 
 
-def confirmed() -> None:
-    """Redis answered this process just now (its keeper's beat renewed the leases)."""
+def confirmed(sent_at: float | None = None) -> None:
+    """Redis answered this process's keeper: its leases were renewed no earlier than `sent_at` (the
+    monotonic time the beat was sent: a slow answer must not stretch the trust past the lease)."""
     global _last_ok
-    _last_ok = time.monotonic()
+    _last_ok = time.monotonic() if sent_at is None else sent_at
 
 
 def since_confirmed() -> float:

@@ -29,8 +29,8 @@ stored go to the spool (`runner.queue.spool`) and each job's RQ bookkeeping wait
 (`_patiently`). Past RUNNER_REDIS_OUTAGE_S (`runner worker --redis-outage`, default 60 s, counted
 from the last beat that reached Redis) the worker gives up: its conversations stop at their next
 request (their jobs left to the reaper), spooled records stay on disk, and it exits with
-`EXIT_REDIS_OUTAGE` (69); the pool starts another with a growing pause, which delivers the spool
-once it reaches Redis.
+`EXIT_REDIS_OUTAGE` (69); the pool starts another (with a growing pause while Redis stays away),
+which delivers the spool once it reaches Redis.
 
 SIGTERM/SIGINT: no new job is taken and every conversation in flight is finished (warm stop); a
 second signal stops at once, handing the leases back so the conversations run again elsewhere.
@@ -437,8 +437,9 @@ class RunnerWorker(SimpleWorker):
             # Renewed only while the token is current; re-taken after a Redis restart lost it.
             fence.relet(pipe, lease_key(job_id), job_id, self.name, token, LEASE_TTL_S)
         pipe.expire(self.key, WORKER_TTL_S + 60)
+        sent_at = time.monotonic()
         renewed = pipe.execute()[2 : 2 + len(held)]
-        fence.confirmed()
+        fence.confirmed(sent_at)
         for (job_id, token), ok in zip(held.items(), renewed, strict=True):
             if not ok:
                 fence.revoke(job_id, token)  # its token moved on: the run stops at its next request
