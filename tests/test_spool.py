@@ -10,8 +10,10 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+from click.testing import CliRunner
 from test_queue_support import write_job
 
+from runner.cli import main
 from runner.errors import LeaseLostError, UsageError
 from runner.jobs import expand, load_job
 from runner.queue import fence, spool
@@ -143,3 +145,13 @@ def test_outage_setting() -> None:
     for bad in ("soon", "-1", "nan", "inf"):
         with pytest.raises(UsageError, match="RUNNER_REDIS_OUTAGE_S"):
             Settings.from_env({"RUNNER_REDIS_OUTAGE_S": bad})
+
+
+@pytest.mark.parametrize("bad", ["-1", "soon"])
+def test_worker_option_refuses_a_bad_outage_limit(bad: str) -> None:
+    """`runner worker --redis-outage` is checked before anything connects (exit 2)."""
+    result = CliRunner().invoke(
+        main, ["worker", "--redis-outage", bad, "--redis-url", "redis://127.0.0.1:1/0"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--redis-outage" in result.output
