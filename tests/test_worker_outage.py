@@ -114,12 +114,12 @@ def test_outage_past_the_limit_exits_69_and_the_next_worker_delivers_the_spool(t
     job = load_job(write_job(tmp_path / "job.yaml", "long-outage", conversations=12, turns=1))
     env = {"RUNNER_HOME": str(home), "RUNNER_REDIS_OUTAGE_S": "3"}
     with (
-        start_simulator(SimulatorConfig(latency_s=2.0, jitter=0.0)) as sim,
+        start_simulator(SimulatorConfig(latency_s=5.0, jitter=0.0)) as sim,
         started_redis(tmp_path / "redis", appendonly=True, unix_socket=False) as (server, client),
         worker_pool(server.url, 1, log, base_url=sim.base_url, concurrency=4, env=env),
     ):
         batch_id = enqueue_job(job, redis=client, output=str(tmp_path / "out.jsonl"))
-        # Four conversations in flight, each with its only request at the simulator (2 s).
+        # Four conversations in flight, each with its only request at the simulator (5 s).
         wait_until(lambda: job_runs(sim.stats()) >= 4, 60, 0.02, "4 requests sent")
         pid = _worker_pid(client)
         _kill(server)

@@ -36,6 +36,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from runner.errors import QueueError
+from runner.settings import REDIS_OUTAGE_DEFAULT_S
 
 REDIS_SERVER_ENV = "RUNNER_REDIS_SERVER"
 """Environment variable naming the redis-server binary to use for the embedded Redis."""
@@ -46,8 +47,9 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 """How long a stopping redis-server may take (it fsyncs its append-only file) before SIGKILL."""
 
-OUTAGE_S = 60.0
-"""How long workers keep retrying a Redis that went away (a restart) before giving up."""
+OUTAGE_S = REDIS_OUTAGE_DEFAULT_S
+"""How long a process keeps retrying a Redis that went away (a restart) before giving up, unless
+`set_outage_limit` says otherwise (a worker: RUNNER_REDIS_OUTAGE_S)."""
 
 UNIX_PATH_MAX = 100
 """AF_UNIX paths are limited to ~107 bytes; longer RUNNER_HOMEs fall back to a loopback port."""
