@@ -53,7 +53,7 @@ that are only best effort (limiter corrections) are skipped instead of waiting f
 _claimed: dict[str, int] = {}
 _revoked: set[tuple[str, int]] = set()
 _lock = threading.Lock()
-_last_ok = time.monotonic()
+_last_ok: float | None = None  # None: no keeper in this process (a plain `rq worker`)
 _quick: dict[int, redis_lib.Redis] = {}
 
 # KEYS: lease, fence. ARGV: owner, token, ttl. Re-take the lease only while the token is current.
@@ -76,7 +76,9 @@ def confirmed(sent_at: float | None = None) -> None:
 
 
 def since_confirmed() -> float:
-    return time.monotonic() - _last_ok
+    """Seconds since the keeper's last beat reached Redis (0 in a process without a keeper, whose
+    Redis calls simply wait the way `retrying` does)."""
+    return 0.0 if _last_ok is None else time.monotonic() - _last_ok
 
 
 def redis_away() -> bool:
