@@ -102,6 +102,8 @@ def test_worker_rides_out_a_15s_redis_outage(tmp_path: Path) -> None:
         # One line when the outage starts, one when it ends (no log flood).
         assert text.count("Redis unreachable: taking no new work") == 1
         assert text.count("Redis reachable again after") == 1
+        # Leases re-taken after the restart: no conversation ran twice, no request was sent twice.
+        assert job_runs(sim.stats()) == 12 * 2 + 4
         print(
             f"chat completions: {job_runs(sim.stats())} for 28 turns (12 x 2 + 4);"
             f" spooled: {spooled}; fenced: {info.counts['fenced']}"
