@@ -18,6 +18,7 @@ which `ps` shows.
                          (never stored in Redis, records or logs; `scrub` removes it)
     RUNNER_CHECK_PACKAGES  packages (comma-separated) whose `module:function` python checks this
                        process may import from outside the job file's folder
+    RUNNER_REDIS_OUTAGE_S  seconds a worker rides out an unreachable Redis before it stops (default 60)
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.errors import UsageError
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 """What the SDK talks to when OPENAI_BASE_URL is unset (limiter scopes are keyed by it)."""
+
+REDIS_OUTAGE_DEFAULT_S = 60.0
+"""How long a worker rides out an unreachable Redis by default (RUNNER_REDIS_OUTAGE_S)."""
 
 _TRUE = ("1", "true", "yes", "on")
 _KEY_PATTERN = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-*]{4,}")
@@ -68,6 +74,19 @@ def _opt(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def outage_seconds(raw: str | None) -> float:
+    """RUNNER_REDIS_OUTAGE_S: seconds >= 0 (unset: the default); UsageError (exit 2) otherwise."""
+    if raw is None:
+        return REDIS_OUTAGE_DEFAULT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"RUNNER_REDIS_OUTAGE_S={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the environment says, read once. `api_key` and `queue_secret` never appear in repr()."""
@@ -84,6 +103,7 @@ class Settings:
     queue_secret: str | None = field(default=None, repr=False)  # signs jobs (runner.queue.security)
     check_packages: tuple[str, ...] = ()
     retention: str | None = None  # RUNNER_RETENTION: how long finished batches stay (`runner gc`)
+    redis_outage_s: float = REDIS_OUTAGE_DEFAULT_S  # RUNNER_REDIS_OUTAGE_S (`runner.queue.worker`)
 
     def __post_init__(self) -> None:
         _remember(self.api_key)
@@ -107,6 +127,7 @@ class Settings:
                 p.strip() for p in (_opt(env, "RUNNER_CHECK_PACKAGES") or "").split(",") if p.strip()
             ),
             retention=_opt(env, "RUNNER_RETENTION"),
+            redis_outage_s=outage_seconds(_opt(env, "RUNNER_REDIS_OUTAGE_S")),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -132,6 +153,7 @@ class Settings:
             "RUNNER_REDIS_SERVER": self.redis_server,
             "RUNNER_QUEUE_SECRET": self.queue_secret,
             "RUNNER_CHECK_PACKAGES": ",".join(self.check_packages) or None,
+            "RUNNER_REDIS_OUTAGE_S": f"{self.redis_outage_s:g}",
             **extra,
         }
         for name, value in values.items():

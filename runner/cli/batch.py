@@ -105,6 +105,13 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds to."
 )
+@click.option(
+    "--redis-outage",
+    type=click.FloatRange(0),
+    default=None,
+    metavar="SECONDS",
+    help="Ride out an unreachable Redis this long, then stop (exit 69). [default: RUNNER_REDIS_OUTAGE_S, 60]",
+)
 def worker(
     redis_url: str | None,
     processes: int,
@@ -112,6 +119,7 @@ def worker(
     concurrency: int,
     metrics_port: int | None,
     metrics_host: str,
+    redis_outage: float | None,
 ) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
@@ -119,6 +127,11 @@ def worker(
     Ctrl-C: each process finishes the conversations in flight, then stops; a second one stops at
     once (its conversations run again elsewhere). Workers run only the runner's own jobs; with
     RUNNER_QUEUE_SECRET set, only jobs signed with it.
+
+    Redis unreachable: no new conversation is taken, those in flight go on and records wait in a
+    spool under RUNNER_HOME until Redis is back. Past --redis-outage a process stops its
+    conversations (they run again elsewhere) and exits with code 69; the pool starts another, which
+    delivers the spooled records once it reaches Redis.
 
     \b
     Example:
@@ -128,6 +141,8 @@ def worker(
 
     url = _need_url(redis_url, "worker")
     settings = Settings.from_env()
+    if redis_outage is not None:
+        settings = settings.replace(redis_outage_s=redis_outage)
     if settings.queue_secret is None and not is_local_redis(url):
         click.echo(
             "warning: RUNNER_QUEUE_SECRET is not set and this Redis is reachable from other machines:"

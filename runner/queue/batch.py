@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from runner.errors import UnknownBatchError
-from runner.queue.redis_server import OUTAGE_S, retrying
+from runner.queue.redis_server import retrying
 from runner.records import Outcome, Record, outcome
 from runner.settings import scrub
 from runner.tasks import ConversationTask
@@ -324,9 +324,8 @@ class Batch:
             BATCH_TTL_S,
         ]
         keys = [*self._script_keys(), self.key if fence is None else fence[0]]
-        wait = OUTAGE_S if deadline_s is None else deadline_s
         store = lambda: self._store(keys=keys, args=args)  # noqa: E731
-        return int(retrying(store, what="storing a record", deadline_s=wait))
+        return int(retrying(store, what="storing a record", deadline_s=deadline_s))
 
     def has_record(self, conversation_id: str, generation: int = 1) -> bool:
         stored = retrying(lambda: self.redis.hget(self.keys["gen"], conversation_id))

@@ -10,6 +10,11 @@ its environment; `run_task` is what every queued conversation names (`JOB_FUNC`)
 * **Fencing** (`runner.queue.fence`): the run's token is checked before every API request (with the
   batch's abort flag, so after a fatal answer no worker starts another request) and atomically with
   the store; a run that lost its lease stops and stores nothing.
+* **Redis away**: a record that cannot be stored within `spool.STORE_WAIT_S` goes to the spool on
+  disk (`runner.queue.spool`). A run stopped by the outage (past the limit, or the worker gave up)
+  or fenced raises `LeaseLostError` out of the job: the worker leaves the job to the reaper instead
+  of finishing it in RQ, so it runs again unless its record arrives (if the token moved on because a
+  restarted Redis lost its last second, nobody else would run it).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import redis as redis_lib
 from rq import get_current_job
 
 from runner.engine.conversation import run_conversation
+from runner.engine.limits import ServerLimits
 from runner.engine.retry import request_guard
 from runner.errors import FatalAPIError, LeaseLostError, QueueError
 from runner.queue import fence, metrics, spool
 from runner.queue.batch import Batch, outcome_of
 from runner.queue.conversations import error_record
 from runner.queue.limits import RedisLimiter, RedisSemaphore, limiter_scope
+from runner.queue.redis_server import set_outage_limit
 from runner.queue.scopes import register, scope_for
 from runner.records import Record
 from runner.settings import Settings, scrub
@@ -46,6 +53,7 @@ def configure(settings: Settings) -> None:
     """Set this worker process's settings (read from its environment once, at start)."""
     global _settings
     _settings = settings
+    set_outage_limit(settings.redis_outage_s)  # how long every Redis call of this process waits
 
 
 def settings() -> Settings:
@@ -97,8 +105,9 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     guarded = request_guard.set(run.check)  # this thread's requests, until the conversation ends
     try:
         with _slot(redis, t, config, current.id), metrics.in_flight():
-            record = run_conversation(t, batch_id=batch_id, limiter=limiter, attempt=attempt, settings=config)
-        for turn in record["turns"]:
+            through = ThroughOutages(limiter)
+            record = run_conversation(t, batch_id=batch_id, limiter=through, attempt=attempt, settings=config)
+        for turn in record["turns"] if not fence.redis_away() else ():
             if turn["latency_ms"] is not None:
                 limiter.note_turn(turn["latency_ms"] / 1000)
     except FatalAPIError as e:
@@ -108,31 +117,72 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
     except LeaseLostError as e:
         run.lost = run.lost or str(e)
         record = error_record(t, batch_id, attempt, str(e))
-    except Exception as e:  # a bug, a timeout or an outage: record it so the batch can finish
+    except (QueueError, redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+        run.lost, run.away = f"Redis unreachable: conversation stopped ({type(e).__name__})", True
+        record = error_record(t, batch_id, attempt, run.lost)
+    except Exception as e:  # a bug or a timeout: record it so the batch can finish
         record = error_record(t, batch_id, attempt, f"{type(e).__name__}: {e}")
     finally:
         request_guard.reset(guarded)
+    if run.lost is None and record["status"] != "completed" and fence.out_of_patience():
+        # The engine turned the limiter's outage error into an error record: not the conversation's.
+        run.lost, run.away = "Redis unreachable: conversation stopped", True
     if run.lost is not None:  # the engine turned the guard's refusal into an error: not a result
         return _stopped(batch, conv, run)
+    fence_of = (run.key, token)
     try:
-        stored = batch.store_fenced(record, generation, fence=(run.key, token), deadline_s=spool.STORE_WAIT_S)
-    except QueueError:  # Redis away: the record waits on disk, the keeper delivers it
-        spool.put(config.home, batch_id, generation, (run.key, token), current.id, record)
+        # Redis away: one quick try, then to disk (the worker delivers it when Redis is back).
+        away = fence.redis_away()
+        store = Batch(fence.quick(redis), batch_id) if away else batch
+        wait = 0.0 if away else spool.STORE_WAIT_S
+        stored = store.store_fenced(record, generation, fence=fence_of, deadline_s=wait)
+    except (QueueError, redis_lib.ConnectionError, redis_lib.TimeoutError):  # the record waits on disk
+        spool.put(config.home, batch_id, generation, fence_of, current.id, record)
         return {"conversation": conv, "status": record["status"], "spooled": True}
+    if stored < 0:
+        log.warning("job %s: lease lost (token %d): its record refused", current.id, token)
+        raise LeaseLostError(f"job {current.id}: record refused (token {token} fenced)")
     if stored == 1:
         _count(record)
-    elif stored < 0:
-        log.warning("job %s: lease lost (token %d): its record refused", current.id, token)
-    return {"conversation": conv, "status": record["status"], "stored": stored == 1, "fenced": stored < 0}
+    return {"conversation": conv, "status": record["status"], "stored": stored == 1}
+
+
+class ThroughOutages:
+    """The shared limiter as one conversation uses it: taking budget waits for Redis (the budget is
+    shared by every worker); correcting it (`settle`, `cooldown`, `learn`) is best effort, skipped
+    while Redis is away, so an answer already received goes on to its store (or the spool) at once."""
+
+    def __init__(self, limiter: RedisLimiter) -> None:
+        self.limiter = limiter
+
+    def acquire(self, requests: int = 1, tokens: int = 0) -> None:
+        self.limiter.acquire(requests, tokens)
+
+    def settle(self, estimated: int, actual: int) -> None:
+        with contextlib.suppress(QueueError, redis_lib.RedisError):
+            if not fence.redis_away():
+                self.limiter.settle(estimated, actual)
+
+    def cooldown(self, seconds: float) -> None:
+        with contextlib.suppress(QueueError, redis_lib.RedisError):
+            if not fence.redis_away():
+                self.limiter.cooldown(seconds)
+
+    def learn(self, limits: ServerLimits) -> None:
+        with contextlib.suppress(QueueError, redis_lib.RedisError):
+            if not fence.redis_away():
+                self.limiter.learn(limits)
 
 
 def _stopped(batch: Batch, conv: str, run: fence.Fence) -> dict[str, Any]:
-    """A run that may not go on: dropped if its batch was aborted, else left to the run that holds
-    the lease now (or to the reaper, after an outage)."""
-    with contextlib.suppress(redis_lib.RedisError, QueueError):
-        if batch.aborted():
-            batch.transition(conv, "dropped")
-    return {"conversation": conv, "stopped": run.lost}
+    """A run that may not go on: dropped if its batch was aborted; else (fenced, or Redis away)
+    `LeaseLostError`, so the worker leaves the job to the reaper (module docstring)."""
+    if not run.away:
+        with contextlib.suppress(redis_lib.RedisError, QueueError):
+            if batch.aborted():
+                batch.transition(conv, "dropped")
+                return {"conversation": conv, "stopped": run.lost}
+    raise LeaseLostError(run.lost or "conversation stopped")
 
 
 def _count(record: Record) -> None:

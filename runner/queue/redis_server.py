@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from runner.errors import QueueError
+from runner.settings import REDIS_OUTAGE_DEFAULT_S
 
 REDIS_SERVER_ENV = "RUNNER_REDIS_SERVER"
 """Environment variable naming the redis-server binary to use for the embedded Redis."""
@@ -45,8 +47,9 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 """How long a stopping redis-server may take (it fsyncs its append-only file) before SIGKILL."""
 
-OUTAGE_S = 60.0
-"""How long workers keep retrying a Redis that went away (a restart) before giving up."""
+OUTAGE_S = REDIS_OUTAGE_DEFAULT_S
+"""How long a process keeps retrying a Redis that went away (a restart) before giving up, unless
+`set_outage_limit` says otherwise (a worker: RUNNER_REDIS_OUTAGE_S)."""
 
 UNIX_PATH_MAX = 100
 """AF_UNIX paths are limited to ~107 bytes; longer RUNNER_HOMEs fall back to a loopback port."""
@@ -105,15 +108,40 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-def retrying(call: Callable[[], T], *, what: str = "Redis", deadline_s: float = OUTAGE_S) -> T:
-    """Run `call`, retrying on connection errors for up to `deadline_s` (a Redis restart mid-batch)."""
+_outage_limit_s = OUTAGE_S
+_abandoned = threading.Event()
+
+
+def set_outage_limit(seconds: float) -> None:
+    """This process's default `retrying` deadline (a worker's RUNNER_REDIS_OUTAGE_S)."""
+    global _outage_limit_s
+    _outage_limit_s = seconds
+
+
+def outage_limit() -> float:
+    return _outage_limit_s
+
+
+def abandon() -> None:
+    """This process gave up on Redis (a worker past its outage limit): `retrying` stops waiting."""
+    _abandoned.set()
+
+
+def abandoned() -> bool:
+    return _abandoned.is_set()
+
+
+def retrying(call: Callable[[], T], *, what: str = "Redis", deadline_s: float | None = None) -> T:
+    """Run `call`, retrying on connection errors for up to `deadline_s` (default `outage_limit()`:
+    a Redis restart mid-batch); a `QueueError` after it, or at once once the process `abandon`ed."""
     start = time.monotonic()
+    deadline_s = _outage_limit_s if deadline_s is None else deadline_s
     delay = 0.2
     while True:
         try:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as e:
-            if time.monotonic() - start > deadline_s:
+            if time.monotonic() - start > deadline_s or _abandoned.is_set():
                 raise QueueError(
                     f"{what}: Redis unreachable for {deadline_s:.0f}s ({type(e).__name__})"
                 ) from None

@@ -2,10 +2,13 @@
 
 A worker whose store fails (Redis away past a short wait) writes the record to
 `<RUNNER_HOME>/spool/<job id>-<token>.json` (written to a temporary file, fsynced, renamed, the
-directory fsynced: a crash leaves the whole file or none). The keeper delivers the spool after each
-beat that reached Redis, through the same fenced store as always (`Batch.store_fenced`): first
-record wins, so a redelivery after a crash between store and delete is harmless, and a record whose
-run was fenced meanwhile is refused. A file is deleted only once Redis answered for it.
+directory fsynced: a crash leaves the whole file or none). The conversation's own thread delivers
+it as soon as Redis answers (while its worker still holds the job's lease), and every worker of
+this RUNNER_HOME delivers whatever is left at start and after each beat that reached Redis (records
+of a worker that gave up on Redis, or died): always through the fenced store (`Batch.store_fenced`).
+First record wins, so a redelivery after a crash between store and delete is harmless, and a record
+whose run was fenced meanwhile (its job re-run elsewhere) is refused and counted (`fenced`). A file
+is deleted only once Redis answered for it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Any
 
 import redis as redis_lib
 
-from runner.errors import QueueError
 from runner.queue.batch import Batch
 from runner.records import Record
 
@@ -56,24 +58,31 @@ def put(
     return path
 
 
-def deliver(redis: redis_lib.Redis, home: Path) -> int:
-    """Store every spooled record (stored, duplicate or fenced: the file goes); how many stored."""
+def pending(home: Path) -> int:
+    """How many records wait in the spool."""
+    directory = spool_dir(home)
+    return len(list(directory.glob("*.json"))) if directory.is_dir() else 0
+
+
+def deliver(redis: redis_lib.Redis, home: Path, *, job_id: str | None = None) -> int:
+    """Store every spooled record (or only `job_id`'s) through the fenced store; how many were
+    stored. Stored, duplicate or fenced (refused: counted by the store), the file goes; Redis away:
+    it stays and the error (`QueueError`, or redis's) is raised."""
     directory = spool_dir(home)
     if not directory.is_dir():
         return 0
     stored = 0
-    for path in sorted(directory.glob("*.json")):
+    for path in sorted(directory.glob(f"{job_id}-*.json" if job_id else "*.json")):
         try:
             body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # another worker of this home is delivering it right now
         key, token = body["fence"]
-        try:
-            result = Batch(redis, body["batch"]).store_fenced(
-                body["record"], int(body["generation"]), fence=(key, int(token)), deadline_s=0
-            )
-        except (redis_lib.RedisError, QueueError):
-            return stored  # still away: the next beat tries again
+        result = Batch(redis, body["batch"]).store_fenced(
+            body["record"], int(body["generation"]), fence=(key, int(token)), deadline_s=0
+        )
+        if result < 0:
+            log.warning("spooled record %s refused: its run was fenced meanwhile", path.name)
         stored += result == 1
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

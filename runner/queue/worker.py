@@ -22,6 +22,16 @@ A `--burst` worker quits when the queue is empty *and* no other worker's convers
 started: until then it reaps, so a dead worker's conversations run again before the burst ends and
 `runner worker --burst && runner collect` gives complete output.
 
+Redis away (`_ride_out`): the main thread takes no new work and waits for Redis with a growing
+pause, logging one line when the outage starts and one when it ends. Conversations in flight go on
+(`runner.queue.fence` says when one waits for Redis before a request), records that cannot be
+stored go to the spool (`runner.queue.spool`) and each job's RQ bookkeeping waits for Redis
+(`_patiently`). Past RUNNER_REDIS_OUTAGE_S (`runner worker --redis-outage`, default 60 s, counted
+from the last beat that reached Redis) the worker gives up: its conversations stop at their next
+request (their jobs left to the reaper), spooled records stay on disk, and it exits with
+`EXIT_REDIS_OUTAGE` (69); the pool starts another (with a growing pause while Redis stays away),
+which delivers the spool once it reaches Redis.
+
 SIGTERM/SIGINT: no new job is taken and every conversation in flight is finished (warm stop); a
 second signal stops at once, handing the leases back so the conversations run again elsewhere.
 
@@ -50,6 +60,7 @@ from typing import Any
 
 import openai
 import redis as redis_lib
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.queue import Queue
@@ -58,12 +69,12 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from runner.engine.client import shared_client, warm_models
-from runner.errors import QueueError
+from runner.errors import LeaseLostError, QueueError
 from runner.queue import batch_api_jobs, execute, fence, metrics, security, spool
 from runner.queue.batch import WORKERS_KEY
 from runner.queue.conversations import QUEUE_NAME, rq_queue
 from runner.queue.leases import LEASE_TTL_S, lease_key, reap
-from runner.queue.redis_server import connect, die_with_parent
+from runner.queue.redis_server import abandon, abandoned, connect, die_with_parent
 from runner.settings import Settings
 
 log = logging.getLogger("runner.queue.worker")
@@ -85,6 +96,11 @@ LOG_ROTATE_BYTES = 10 * 2**20
 STOP_GRACE_S = 10.0
 """`runner run` gives its workers this long to stop after the batch is done, then kills them."""
 
+EXIT_REDIS_OUTAGE = 69
+"""A worker's exit code after Redis stayed away past RUNNER_REDIS_OUTAGE_S (EX_UNAVAILABLE)."""
+
+_REDIS_AWAY = (redis_lib.ConnectionError, redis_lib.TimeoutError, redis_lib.BusyLoadingError)
+
 DEFAULT_CONCURRENCY = 64
 """Conversations in flight per worker process (`runner worker --concurrency`): at 1 request per
 turn and runs of a few seconds, enough for one process to fill a tier of ~1,000+ requests/minute."""
@@ -94,11 +110,24 @@ turn and runs of a few seconds, enough for one process to fill a tier of ~1,000+
 assert batch_api_jobs.ADVANCE_FUNC in security.JOB_FUNCTIONS
 
 
+class _Queue(Queue):
+    """RQ's queue, whose blocking dequeue lets an unreachable Redis through to the worker's
+    `heartbeat` (which rides the outage out) instead of RQ's own retry loop, which logs each try."""
+
+    @classmethod
+    def dequeue_any(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().dequeue_any(*args, **kwargs)
+        except _REDIS_AWAY:
+            raise DequeueTimeout(0) from None  # RQ's loop goes round: its heartbeat meets the outage
+
+
 class RunnerWorker(SimpleWorker):
     """An RQ worker with up to `concurrency` conversations in flight, each leased (module docstring)."""
 
     death_penalty_class = TimerDeathPenalty  # a job timeout that works in any thread
     log_result_lifespan = False  # one line less per conversation
+    queue_class = _Queue
 
     def __init__(
         self, connection: redis_lib.Redis, name: str | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
@@ -120,10 +149,13 @@ class RunnerWorker(SimpleWorker):
         self._threads: list[threading.Thread] = []
         self._stop_keeper = threading.Event()
         self._burst = False
+        self._gave_up = False  # Redis stayed away past the limit: stopping, exit EXIT_REDIS_OUTAGE
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
         self._beat()
+        with contextlib.suppress(redis_lib.RedisError, QueueError):  # else the keeper's next beat
+            self._deliver_spool()  # records a worker of this machine could not store before it stopped
         threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
         # Daemon threads: a cold stop (second signal) must not wait for them.
         for i in range(self.concurrency):
@@ -138,20 +170,102 @@ class RunnerWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # Take a job only when a thread is free to start it: a dequeued job waiting here would have
         # no lease, and the reaper would give it to another worker.
-        with self._changed:
-            while len(self._running) >= self.concurrency and not self._stop_requested:
+        while True:
+            with self._changed:
+                if len(self._running) < self.concurrency or self._stop_requested:
+                    break
                 self._changed.wait(1.0)
+            # Every slot busy, no Redis call here: the keeper's failing beats tell of an outage.
+            if fence.since_confirmed() > 3 * BEAT_S and not fence.reachable(self.connection):
+                self._ride_out()
         while True:
             if self._stop_requested:
                 return None
             result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            if result is not None or not self._burst or not self._others_running():
+            if result is not None or not self._burst:
                 return result
-            # Burst: the queue is empty, but conversations of other workers still run. A dead
+            # Burst: the queue is empty, but conversations of other workers may still run. A dead
             # worker's come back on the queue once its leases lapse: reap them, do not quit.
-            with contextlib.suppress(redis_lib.RedisError, QueueError):
+            try:
+                if not self._others_running():
+                    return None
                 reap(self.connection, secret=execute.settings().queue_secret)
+            except _REDIS_AWAY:
+                self._ride_out()
+            except (redis_lib.RedisError, QueueError):
+                pass
             time.sleep(BEAT_S / 2)
+
+    # Redis away, main thread: RQ's loop calls these between jobs; each waits the outage out.
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:  # part of a transaction: it fails (or waits) with it
+            return super().heartbeat(timeout, pipeline)
+        base = super().heartbeat
+        self._main_patiently(lambda: base(timeout))
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            return super().set_state(state, pipeline)
+        base = super().set_state
+        self._main_patiently(lambda: base(state))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        base = super().check_for_suspension
+        self._main_patiently(lambda: base(burst))
+
+    def run_maintenance_tasks(self) -> None:
+        self._main_patiently(super().run_maintenance_tasks)
+
+    def _main_patiently(self, call: Any) -> None:
+        while True:
+            try:
+                return call()
+            except _REDIS_AWAY:
+                self._ride_out()
+
+    def _ride_out(self) -> None:
+        """Main thread, Redis unreachable: take no new work and wait for it with a growing pause (one
+        line when the outage starts, one when it ends); past the limit, give up (`_give_up`)."""
+        limit = execute.settings().redis_outage_s
+        away = fence.since_confirmed()
+        began = time.monotonic() - away
+        log.warning(
+            "Redis unreachable: taking no new work, %d conversation(s) in flight go on; waiting up to %gs",
+            self.in_flight, limit,
+        )  # fmt: skip
+        pause = 0.25
+        while not fence.reachable(self.connection):
+            if self._stop_requested:  # a warm stop: RQ's loop ends, `teardown` waits for the conversations
+                raise StopRequested
+            away = fence.since_confirmed()
+            if away > limit:
+                self._give_up(away)
+            time.sleep(min(pause, max(0.05, limit - away)))
+            pause = min(pause * 2, 5.0)
+        log.warning("Redis reachable again after %.1fs", time.monotonic() - began)
+        scheduler = self.scheduler
+        if scheduler is not None and not (scheduler._process and scheduler._process.is_alive()):
+            # RQ's scheduler process dies when Redis goes away; RQ restarts it only every 10 minutes.
+            with contextlib.suppress(redis_lib.RedisError):
+                scheduler.acquire_locks(auto_start=True)
+
+    def _give_up(self, away: float) -> None:
+        """Redis away past the limit: every conversation stops at its next request, every Redis
+        call of this process stops waiting, and the worker exits `EXIT_REDIS_OUTAGE`."""
+        self._gave_up = True
+        abandon()
+        log.error(
+            "Redis unreachable for %.0fs (limit %gs): stopping %d conversation(s) at their next request,"
+            " then exiting with code %d",
+            away, execute.settings().redis_outage_s, self.in_flight, EXIT_REDIS_OUTAGE,
+        )  # fmt: skip
+        raise SystemExit(EXIT_REDIS_OUTAGE)
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        if isinstance(exc, redis_lib.ConnectionError):
+            time.sleep(2.0)  # RQ's command channel: reconnects by itself; the main loop reports outages
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         self._burst = bool(kwargs.get("burst", args[0] if args else False))
@@ -170,6 +284,14 @@ class RunnerWorker(SimpleWorker):
         return security.accept(job, queue, execute.settings().queue_secret, self.name)
 
     def execute_job(self, job: Any, queue: Any) -> None:
+        try:
+            self._start(job, queue)
+        except _REDIS_AWAY:
+            # Not started: the job waits in RQ's intermediate queue (or started, without a
+            # lease) and the reaper puts it back once Redis is here again.
+            self._ride_out()
+
+    def _start(self, job: Any, queue: Any) -> None:
         if not self._accept(job, queue):
             return  # a foreign, unsigned or altered job: failed with its reason, never imported
         # The lease exists before RQ puts the job in its StartedJobRegistry: a started job without a
@@ -213,9 +335,51 @@ class RunnerWorker(SimpleWorker):
             finally:
                 self._finished(job.id)
 
+    # A conversation thread's RQ bookkeeping waits through an outage (`_patiently`); a job stopped
+    # by the outage or fenced is left to the reaper (started, no lease), not failed.
+    def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
+        base = super().prepare_job_execution
+        self._patiently(lambda: base(job, remove_from_intermediate_queue))
+
+    def _finalize_success(self, job: RQJob, queue: Queue, execution: Execution, return_value: Any) -> None:
+        if isinstance(return_value, dict) and return_value.get("spooled"):
+            # Its record first, while this worker still holds the job's lease.
+            self._patiently(lambda: self._deliver_spool(job.id))
+        base = super()._finalize_success
+        self._patiently(lambda: base(job, queue, execution, return_value))
+
+    def _finalize_failure(self, job: RQJob, queue: Queue, execution: Execution, exc_info: Any) -> None:
+        error = exc_info[1]
+        if isinstance(error, (QueueError, *_REDIS_AWAY)):  # LeaseLostError is a QueueError
+            log.warning("job %s: %s: left to the reaper", job.id, error)
+            return
+        base = super()._finalize_failure
+        self._patiently(lambda: base(job, queue, execution, exc_info))
+
+    def _patiently(self, call: Any) -> None:
+        """`call`, waiting through a Redis outage; `LeaseLostError` once the worker stops waiting."""
+        while True:
+            if abandoned():  # the worker gave up on Redis: no bookkeeping, no wait
+                raise LeaseLostError("Redis unreachable: the worker stopped waiting")
+            try:
+                return call()
+            except LeaseLostError:
+                raise
+            except (*_REDIS_AWAY, QueueError):
+                while not fence.reachable(self.connection):
+                    if fence.out_of_patience():
+                        raise LeaseLostError("Redis unreachable: the worker stopped waiting") from None
+                    time.sleep(1.0)
+
+    def _deliver_spool(self, job_id: str | None = None) -> None:
+        n = spool.deliver(self.connection, execute.settings().home, job_id=job_id)
+        if n and job_id is None:
+            log.warning("delivered %d spooled record(s)", n)
+
     def _finished(self, job_id: str) -> None:
-        with contextlib.suppress(redis_lib.RedisError):
-            self.connection.delete(lease_key(job_id))
+        if not self._gave_up:
+            with contextlib.suppress(redis_lib.RedisError):
+                fence.release(self.connection, lease_key(job_id), self.name)
         with self._changed:
             self._running.discard(job_id)
             self._tokens.pop(job_id, None)
@@ -248,9 +412,19 @@ class RunnerWorker(SimpleWorker):
             for _ in self._threads:
                 self._jobs.put(None)
             self._stop_keeper.set()
-            with contextlib.suppress(redis_lib.RedisError):
-                self.connection.zrem(WORKERS_KEY, self.name)
-            super().teardown()
+            if self._gave_up:  # Redis is away: only what needs none of it
+                if self.scheduler:
+                    self.stop_scheduler()
+                home = execute.settings().home
+                log.error(
+                    "exiting with code %d: %d spooled record(s) stay in %s for the next worker of this"
+                    " RUNNER_HOME", EXIT_REDIS_OUTAGE, spool.pending(home), spool.spool_dir(home),
+                )  # fmt: skip
+            else:
+                with contextlib.suppress(redis_lib.RedisError):
+                    self.connection.zrem(WORKERS_KEY, self.name)
+                with contextlib.suppress(*_REDIS_AWAY):  # a warm stop during an outage
+                    super().teardown()
 
     def _beat(self) -> None:
         sec, usec = self.connection.time()
@@ -263,16 +437,19 @@ class RunnerWorker(SimpleWorker):
             # Renewed only while the token is current; re-taken after a Redis restart lost it.
             fence.relet(pipe, lease_key(job_id), job_id, self.name, token, LEASE_TTL_S)
         pipe.expire(self.key, WORKER_TTL_S + 60)
-        pipe.execute()
-        fence.confirmed()
+        sent_at = time.monotonic()
+        renewed = pipe.execute()[2 : 2 + len(held)]
+        fence.confirmed(sent_at)
+        for (job_id, token), ok in zip(held.items(), renewed, strict=True):
+            if not ok:
+                fence.revoke(job_id, token)  # its token moved on: the run stops at its next request
 
     def _keep(self) -> None:
         last_reap = 0.0
         while not self._stop_keeper.wait(BEAT_S):
             try:
                 self._beat()
-                if spool.deliver(self.connection, execute.settings().home):
-                    log.warning("delivered spooled records")
+                self._deliver_spool()
                 if time.monotonic() - last_reap >= REAP_EVERY_S:
                     last_reap = time.monotonic()
                     lock_ms = int(REAP_EVERY_S * 1000)
