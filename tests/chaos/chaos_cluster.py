@@ -1,0 +1,293 @@
+"""The chaos suite's cluster: host A runs redis-server (append-only) and the simulator, hosts B and C
+run `runner worker` pools, and the driver (this pytest process) enqueues and collects.
+
+The driver reaches Redis through its unix socket (network namespaces do not separate the
+filesystem), so no address is added outside the namespaces; it reads the simulator's stats with a
+one-line client run inside host A.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from runner.jobs import expand, load_job
+from runner.queue.batch import Batch
+from runner.queue.collector import collect
+from runner.queue.conversations import job_id_for
+from runner.queue.enqueue import enqueue_job
+from runner.queue.redis_server import connect
+from runner.records import read_records
+
+from chaos_hosts import Host, Lab, LabError
+
+CONVERSATIONS = 1000
+TURNS = 2
+REDIS_PORT = 6379
+SIM_PORT = 8000
+SIM_LATENCY_S = 0.05
+PROCESSES = 2  # per worker host
+CONCURRENCY = 16  # per worker process
+API_KEY = "sk-test-chaos-0d5e3b7a91c4"
+FINISH_TIMEOUT_S = 240.0
+
+_STATS = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+@dataclass
+class Outcome:
+    """What a scenario left behind (one row of the table)."""
+
+    scenario: str
+    total: int
+    lost: int
+    duplicated: int
+    fenced: int
+    requests: int
+    wall_s: float
+    errors: int  # records whose status is not `completed` (there, once: not lost)
+    superseded: int  # records whose run is older than the job's last run (see `superseded_records`)
+    finished: bool
+    notes: str = ""
+
+
+class Cluster:
+    def __init__(self, lab: Lab, work: Path, *, fault_rate: float = 0.0) -> None:
+        self.lab = lab
+        self.work = work
+        self.fault_rate = fault_rate
+        self.a, self.b, self.c = (lab.hosts[n] for n in "abc")
+        self.socket = Path("/tmp") / f"{lab.tag}.sock"  # short: AF_UNIX paths are limited
+        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.pools: dict[str, subprocess.Popen[bytes]] = {}
+        self._client: redis.Redis | None = None
+        self.expected: set[str] = set()
+
+    # -- host A ------------------------------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.a.addr}:{REDIS_PORT}/0"
+
+    @property
+    def sim_url(self) -> str:
+        return f"http://{self.a.addr}:{SIM_PORT}"
+
+    def start_redis(self) -> None:
+        data = self.work / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        conf = data / "redis.conf"
+        conf.write_text(
+            "\n".join([
+                "daemonize no", f"dir {data}", f"logfile {data / 'redis.log'}", "save ''",
+                "appendonly yes", "appendfsync everysec",  # as `runner run`'s own Redis
+                f"bind {self.a.addr}", f"port {REDIS_PORT}", "protected-mode no",
+                f"unixsocket {self.socket}", "unixsocketperm 700",
+            ]) + "\n"
+        )  # fmt: skip
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        self.redis_proc = self.a.start(["redis-server", str(conf)], data / "stdout.log", dict(os.environ))
+        deadline = time.monotonic() + 30
+        probe = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1)
+        try:
+            while time.monotonic() < deadline:
+                if self.redis_proc.poll() is not None:
+                    raise LabError(f"redis-server exited: {(data / 'redis.log').read_text()[-500:]}")
+                with contextlib.suppress(redis.RedisError):
+                    if probe.ping():
+                        return
+                time.sleep(0.05)
+        finally:
+            probe.close()
+        raise LabError("redis-server did not answer within 30 s")
+
+    def kill_redis(self) -> None:
+        """SIGKILL: no shutdown, no last fsync; what is in the append-only file is what survives."""
+        assert self.redis_proc is not None
+        self.redis_proc.send_signal(signal.SIGKILL)
+        self.redis_proc.wait(10)
+
+    def start_simulator(self) -> None:
+        cmd = [sys.executable, "-m", "runner", "simulate", "--host", self.a.addr, "--port", str(SIM_PORT),
+               "--latency", str(SIM_LATENCY_S), "--seed", "16"]  # fmt: skip
+        if self.fault_rate:
+            cmd += ["--fault-rate", str(self.fault_rate), "--fault-after-share", "0.5"]
+        env = {**os.environ, "RUNNER_SIMULATOR_VALIDATE": "1"}  # audit every answer (conftest's rule)
+        self.a.start(cmd, self.work / "simulator.log", env)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.sim_stats()
+                return
+            except (LabError, subprocess.TimeoutExpired):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def sim_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = json.loads(
+            self.a.run([sys.executable, "-c", _STATS, f"{self.sim_url}/_simulator/stats"], timeout=20)
+        )
+        return stats
+
+    # -- hosts B and C -----------------------------------------------------------------------------
+
+    def start_workers(self, host: Host) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": f"{self.sim_url}/v1",
+            "OPENAI_API_KEY": API_KEY,
+            "RUNNER_HOME": str(self.work / f"home-{host.name}"),
+        }
+        env.pop("REDIS_URL", None)
+        cmd = [sys.executable, "-m", "runner", "worker", "-n", str(PROCESSES), "-c", str(CONCURRENCY),
+               "--redis-url", self.redis_url]  # fmt: skip
+        proc = self.pools[host.name] = host.start(cmd, self.log(host), env)
+        return proc
+
+    def log(self, host: Host) -> Path:
+        return self.work / f"workers-{host.name}.log"
+
+    def worker_pids(self, host: Host) -> list[int]:
+        """The worker processes of a host's pool (its children), not the pool itself."""
+        return [p.pid for p in psutil.Process(self.pools[host.name].pid).children(recursive=False)]
+
+    # -- the driver --------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(f"unix://{self.socket}")
+        return self._client
+
+    def start(self) -> None:
+        self.start_redis()
+        self.start_simulator()
+        for host in (self.b, self.c):
+            self.start_workers(host)
+        expected = 2 * PROCESSES
+        deadline = time.monotonic() + 90
+        while self.client.zcard("runner:workers") < expected:
+            for name, pool in self.pools.items():
+                if pool.poll() is not None:
+                    raise LabError(f"host {name}: worker pool exited: {self.log(self.lab.hosts[name]).read_text()[-800:]}")
+            if time.monotonic() > deadline:
+                raise LabError(f"workers did not register within 90 s: {self.log(self.b).read_text()[-800:]}")
+            time.sleep(0.2)
+
+    def enqueue(self) -> str:
+        from test_queue_support import write_job
+
+        path = write_job(self.work / "chaos.yaml", "chaos", conversations=CONVERSATIONS, turns=TURNS)
+        job = load_job(path)
+        self.expected = {t.conversation_id for t in expand(job)}
+        return enqueue_job(job, redis=self.client, output=str(self.work / "chaos.jsonl"))
+
+    def done(self, batch_id: str) -> int | None:
+        """Conversations done so far; None while Redis does not answer (it may be down on purpose)."""
+        try:
+            return Batch(self.client, batch_id).require().done
+        except (redis.RedisError, OSError):
+            return None
+        except Exception as e:  # QueueError from the retrying client while Redis is away
+            if "Redis" in str(e):
+                return None
+            raise
+
+    def wait_done(self, batch_id: str, at_least: int, timeout: float = FINISH_TIMEOUT_S) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.done(batch_id)
+            if n is not None and n >= at_least:
+                return n
+            time.sleep(0.1)
+        raise AssertionError(f"{at_least} conversations not done within {timeout:.0f}s (done: {n})")
+
+    def finished(self, batch_id: str) -> bool:
+        try:
+            info = Batch(self.client, batch_id).require()
+        except redis.RedisError:
+            return False
+        return info.finished and info.counts["running"] == 0 and info.counts["queued"] == 0
+
+    def wait_finished(self, batch_id: str, timeout: float = FINISH_TIMEOUT_S) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.finished(batch_id):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def outcome(self, scenario: str, batch_id: str, wall_s: float, finished: bool) -> Outcome:
+        records = list(read_records(collect(batch_id, self.client)))
+        ids = Counter(r["conversation_id"] for r in records)
+        # Stored more than once would show in the arrival log even though the JSONL is a hash's view.
+        arrivals = Counter(x.decode() for x in self.client.lrange(f"runner:batch:{batch_id}:log", 0, -1))
+        expected = self.expected
+        info = Batch(self.client, batch_id).require()
+        return Outcome(
+            scenario=scenario,
+            total=len(records),
+            lost=len(expected - set(ids)),
+            duplicated=sum(n - 1 for n in ids.values()) + sum(n - 1 for n in arrivals.values()),
+            fenced=info.counts.get("fenced", 0),
+            requests=int(self.sim_stats()["requests_total"]),
+            wall_s=wall_s,
+            errors=sum(1 for r in records if r["status"] != "completed"),
+            superseded=len(superseded_records(self.client, batch_id, records)),
+            finished=finished,
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+
+def superseded_records(client: redis.Redis, batch_id: str, records: list[dict[str, Any]]) -> list[str]:
+    """Conversations whose record comes from a run older than their job's last run.
+
+    Each re-run of a conversation (the reaper taking a job back) re-enqueues the same RQ job with
+    `attempt + 1` and bumps its fencing token, so a run older than the job's last attempt is one
+    that was fenced off. Its record may still be the stored one only if it was stored before the
+    job was taken back (the worker stalled between storing and telling RQ); a record stored after
+    (a fencing failure) looks the same, so this is reported, not asserted."""
+    ids = [job_id_for(batch_id, r["conversation_id"]) for r in records]
+    jobs = RQJob.fetch_many(ids, connection=client, serializer=JSONSerializer)
+    return [
+        r["conversation_id"]
+        for r, job in zip(records, jobs, strict=True)
+        if job is not None and r["attempts"] < int(job.kwargs.get("attempt", 1))
+    ]
+
+
+def run_scenario(
+    cluster: Cluster, scenario: str, chaos: Callable[[Cluster, str], str] | None = None
+) -> Outcome:
+    """Enqueue the batch, let `chaos` do its damage (it returns a note), wait until the batch is done."""
+    batch_id = cluster.enqueue()
+    t0 = time.monotonic()
+    note = chaos(cluster, batch_id) if chaos is not None else ""
+    finished = cluster.wait_finished(batch_id)
+    wall = time.monotonic() - t0
+    outcome = cluster.outcome(scenario, batch_id, wall, finished)
+    outcome.notes = note
+    return outcome

@@ -1,0 +1,153 @@
+"""Many machines, real failures: 1,000 conversations x 2 turns on hosts B and C while things break.
+
+Host A (a network namespace) runs redis-server (append-only) and the simulator; hosts B and C run
+`runner worker -n 2 -c 16` pools; the driver (this process) enqueues and collects. One scenario per
+failure, then all together (tests/chaos/README.md). Afterwards, every conversation is in the JSONL
+exactly once and the batch completed; fenced runs, extra API requests (the simulator's count minus
+the fault-free run's) and wall time go into the table (chaos.md), not into assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chaos_cluster import CONVERSATIONS, Cluster, Outcome, run_scenario
+from chaos_fixtures import chaos_table, cluster_factory, record  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+
+WINDOW_S = 20.0
+"""How long a partition or a SIGSTOP lasts."""
+
+START = 150
+"""Conversations done before the first fault strikes (mid-run: the batch has 1,000)."""
+
+Factory = Callable[..., Cluster]
+
+
+def mid_run(cluster: Cluster, batch_id: str, at_least: int) -> int:
+    """Wait until `at_least` conversations are done; the batch must not be finished yet (a fault
+    after the end would prove nothing)."""
+    done = cluster.wait_done(batch_id, at_least)
+    assert done < CONVERSATIONS, f"the batch finished before the fault ({done} done)"
+    return done
+
+
+def partition_b(cluster: Cluster, batch_id: str) -> str:
+    at = mid_run(cluster, batch_id, START)
+    cluster.b.partition()
+    try:
+        time.sleep(WINDOW_S)
+    finally:
+        cluster.b.heal()
+    return f"B cut off from A at {at} done for {WINDOW_S:.0f} s (link down)"
+
+
+def kill_c(cluster: Cluster, batch_id: str) -> str:
+    at = mid_run(cluster, batch_id, START)
+    pids = cluster.c.kill_all()
+    assert len(pids) >= 3, f"host C ran its pool and workers: {pids}"
+    return f"SIGKILL to all {len(pids)} processes of C at {at} done"
+
+
+def kill_redis(cluster: Cluster, batch_id: str) -> str:
+    at = mid_run(cluster, batch_id, START)
+    cluster.kill_redis()
+    time.sleep(2.0)  # down for a while, not only the time a restart takes
+    cluster.start_redis()  # the same config and directory: it loads its append-only file
+    return f"redis-server SIGKILLed at {at} done, restarted from its AOF 2 s later"
+
+
+def stop_worker(cluster: Cluster, batch_id: str) -> str:
+    at = mid_run(cluster, batch_id, START)
+    pid = cluster.worker_pids(cluster.b)[0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(WINDOW_S)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return f"one worker of B SIGSTOPped at {at} done for {WINDOW_S:.0f} s"
+
+
+def everything(cluster: Cluster, batch_id: str) -> str:
+    """10% faults throughout (the cluster's simulator); B partitioned while a worker of C is
+    stopped; then Redis killed and restarted; then every process of C killed."""
+    at = mid_run(cluster, batch_id, START)
+    stopped = cluster.worker_pids(cluster.c)[0]
+    cluster.b.partition()
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        time.sleep(WINDOW_S)
+    finally:
+        cluster.b.heal()
+        os.kill(stopped, signal.SIGCONT)
+    notes = [f"at {at} done: B cut off and a worker of C stopped for {WINDOW_S:.0f} s"]
+    at = mid_run(cluster, batch_id, (cluster.done(batch_id) or 0) + 100)
+    cluster.kill_redis()
+    time.sleep(2.0)
+    cluster.start_redis()
+    notes.append(f"at {at}: Redis SIGKILLed and restarted")
+    at = mid_run(cluster, batch_id, (cluster.done(batch_id) or 0) + 100)
+    cluster.c.kill_all()
+    notes.append(f"at {at}: every process of C SIGKILLed")
+    return "; ".join(notes)
+
+
+def check(cluster: Cluster, outcome: Outcome) -> None:
+    record(outcome)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in _logs(cluster))
+    assert outcome.finished, f"the batch did not complete: {outcome}\n{logs}"
+    assert (outcome.lost, outcome.duplicated) == (0, 0), f"{outcome}\n{logs}"
+    assert outcome.total == CONVERSATIONS
+    stats = cluster.sim_stats()
+    assert stats["schema_violations"] == 0, stats["schema_violation_samples"]
+
+
+def _logs(cluster: Cluster) -> list[Path]:
+    return sorted(p for p in cluster.work.glob("*.log"))
+
+
+def test_fault_free_baseline(cluster_factory: Factory) -> None:
+    cluster = cluster_factory()
+    outcome = run_scenario(cluster, "fault-free")
+    check(cluster, outcome)
+    assert outcome.fenced == 0 and outcome.errors == 0
+
+
+def test_partition_host_b(cluster_factory: Factory) -> None:
+    cluster = cluster_factory()
+    check(cluster, run_scenario(cluster, "B partitioned 20 s", partition_b))
+
+
+def test_sigkill_host_c(cluster_factory: Factory) -> None:
+    cluster = cluster_factory()
+    check(cluster, run_scenario(cluster, "C SIGKILLed", kill_c))
+
+
+def test_sigkill_redis_restart_from_aof(cluster_factory: Factory) -> None:
+    cluster = cluster_factory()
+    check(cluster, run_scenario(cluster, "Redis SIGKILLed, AOF restart", kill_redis))
+
+
+def test_sigstop_worker(cluster_factory: Factory) -> None:
+    cluster = cluster_factory()
+    check(cluster, run_scenario(cluster, "worker SIGSTOPped 20 s", stop_worker))
+
+
+def test_simulator_faults(cluster_factory: Factory) -> None:
+    cluster = cluster_factory(fault_rate=0.1)
+    outcome = run_scenario(cluster, "10% simulator faults")
+    check(cluster, outcome)
+    stats = cluster.sim_stats()
+    assert stats["faults"] > 0 and stats["faults_after_processing"] > 0  # lost answers among them
+
+
+def test_all_together(cluster_factory: Factory) -> None:
+    cluster = cluster_factory(fault_rate=0.1)
+    check(cluster, run_scenario(cluster, "all together", everything))
