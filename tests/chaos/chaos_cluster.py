@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 import redis
+from chaos_hosts import Host, Lab, LabError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
@@ -34,19 +35,23 @@ from runner.queue.enqueue import enqueue_job
 from runner.queue.redis_server import connect
 from runner.records import read_records
 
-from chaos_hosts import Host, Lab, LabError
-
 CONVERSATIONS = 1000
 TURNS = 2
 REDIS_PORT = 6379
 SIM_PORT = 8000
-SIM_LATENCY_S = 0.05
+SIM_LATENCY_S = 0.2  # each turn in flight for a while, so every fault finds requests under way
 PROCESSES = 2  # per worker host
-CONCURRENCY = 16  # per worker process
+CONCURRENCY = 8  # per worker process: ~15 s of fault-free work, ~70 conversations a second
+SETTLE_S = 5.0
+"""After the batch is done: how long the fenced count and the simulator's request count must stay
+still before they are read (a run stalled in a partition wakes up a few seconds after the heal)."""
 API_KEY = "sk-test-chaos-0d5e3b7a91c4"
 FINISH_TIMEOUT_S = 240.0
 
-_STATS = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+_STATS = (
+    "import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
 
 
 @dataclass
@@ -186,7 +191,8 @@ class Cluster:
         while self.client.zcard("runner:workers") < expected:
             for name, pool in self.pools.items():
                 if pool.poll() is not None:
-                    raise LabError(f"host {name}: worker pool exited: {self.log(self.lab.hosts[name]).read_text()[-800:]}")
+                    tail = self.log(self.lab.hosts[name]).read_text()[-800:]
+                    raise LabError(f"host {name}: worker pool exited: {tail}")
             if time.monotonic() > deadline:
                 raise LabError(f"workers did not register within 90 s: {self.log(self.b).read_text()[-800:]}")
             time.sleep(0.2)
@@ -211,13 +217,30 @@ class Cluster:
             raise
 
     def wait_done(self, batch_id: str, at_least: int, timeout: float = FINISH_TIMEOUT_S) -> int:
+        """Conversations done once `at_least` are (or all of them are: the caller checks)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             n = self.done(batch_id)
-            if n is not None and n >= at_least:
+            if n is not None and n >= min(at_least, len(self.expected)):
                 return n
             time.sleep(0.1)
         raise AssertionError(f"{at_least} conversations not done within {timeout:.0f}s (done: {n})")
+
+    def settle(self, batch_id: str, timeout: float = 60.0) -> None:
+        """Wait until the fenced count and the simulator's requests stay still for SETTLE_S."""
+        deadline = time.monotonic() + timeout
+        last: tuple[int, int] | None = None
+        since = time.monotonic()
+        while time.monotonic() < deadline:
+            now = (Batch(self.client, batch_id).require().counts.get("fenced", 0), self.requests())
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= SETTLE_S:
+                return
+            time.sleep(0.5)
+
+    def requests(self) -> int:
+        return int(self.sim_stats()["requests_total"])
 
     def finished(self, batch_id: str) -> bool:
         try:
@@ -247,7 +270,7 @@ class Cluster:
             lost=len(expected - set(ids)),
             duplicated=sum(n - 1 for n in ids.values()) + sum(n - 1 for n in arrivals.values()),
             fenced=info.counts.get("fenced", 0),
-            requests=int(self.sim_stats()["requests_total"]),
+            requests=self.requests(),
             wall_s=wall_s,
             errors=sum(1 for r in records if r["status"] != "completed"),
             superseded=len(superseded_records(self.client, batch_id, records)),
@@ -288,6 +311,7 @@ def run_scenario(
     note = chaos(cluster, batch_id) if chaos is not None else ""
     finished = cluster.wait_finished(batch_id)
     wall = time.monotonic() - t0
+    cluster.settle(batch_id)
     outcome = cluster.outcome(scenario, batch_id, wall, finished)
     outcome.notes = note
     return outcome

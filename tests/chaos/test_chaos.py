@@ -10,15 +10,17 @@ the fault-free run's) and wall time go into the table (chaos.md), not into asser
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from chaos_cluster import CONVERSATIONS, Cluster, Outcome, run_scenario
-from chaos_fixtures import chaos_table, cluster_factory, record  # noqa: F401  (fixtures)
+from chaos_hosts import Lab, LabError, remove_stale, unavailable
+from chaos_table import open_table, record
+from conftest import missing_component
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
@@ -29,6 +31,42 @@ START = 150
 """Conversations done before the first fault strikes (mid-run: the batch has 1,000)."""
 
 Factory = Callable[..., Cluster]
+
+
+@pytest.fixture(scope="session")
+def chaos_table(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    open_table(request.config, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, chaos_table: None) -> Iterator[Factory]:
+    """`make(fault_rate=0.0)`: hosts built (stale ones of a killed earlier run removed first),
+    Redis and the simulator started on A, worker pools on B and C; all torn down after the test,
+    failed or not."""
+    why = unavailable() or (None if shutil.which("redis-server") else "the chaos suite needs redis-server")
+    if why:
+        missing_component(why)
+    remove_stale()
+    made: list[tuple[Lab, Cluster]] = []
+
+    def make(*, fault_rate: float = 0.0) -> Cluster:
+        lab = Lab("abc")
+        cluster = Cluster(lab, tmp_path, fault_rate=fault_rate)
+        made.append((lab, cluster))
+        try:
+            lab.build()
+        except LabError as e:
+            missing_component(f"cannot build network namespaces here: {e}")
+        cluster.start()
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for lab, cluster in made:
+            cluster.close()
+            lab.teardown()
+            assert not lab.leftovers(), f"namespaces or links left behind: {lab.leftovers()}"
 
 
 def mid_run(cluster: Cluster, batch_id: str, at_least: int) -> int:
@@ -77,7 +115,8 @@ def stop_worker(cluster: Cluster, batch_id: str) -> str:
 
 def everything(cluster: Cluster, batch_id: str) -> str:
     """10% faults throughout (the cluster's simulator); B partitioned while a worker of C is
-    stopped; then Redis killed and restarted; then every process of C killed."""
+    stopped (C's other worker carries on alone); then Redis killed and restarted; then every
+    process of C killed, leaving B to finish."""
     at = mid_run(cluster, batch_id, START)
     stopped = cluster.worker_pids(cluster.c)[0]
     cluster.b.partition()
@@ -88,12 +127,12 @@ def everything(cluster: Cluster, batch_id: str) -> str:
         cluster.b.heal()
         os.kill(stopped, signal.SIGCONT)
     notes = [f"at {at} done: B cut off and a worker of C stopped for {WINDOW_S:.0f} s"]
-    at = mid_run(cluster, batch_id, (cluster.done(batch_id) or 0) + 100)
+    at = mid_run(cluster, batch_id, (cluster.done(batch_id) or 0) + 30)
     cluster.kill_redis()
     time.sleep(2.0)
     cluster.start_redis()
-    notes.append(f"at {at}: Redis SIGKILLed and restarted")
-    at = mid_run(cluster, batch_id, (cluster.done(batch_id) or 0) + 100)
+    notes.append(f"at {at}: Redis SIGKILLed, restarted 2 s later")
+    at = mid_run(cluster, batch_id, (cluster.done(batch_id) or 0) + 30)
     cluster.c.kill_all()
     notes.append(f"at {at}: every process of C SIGKILLed")
     return "; ".join(notes)
