@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -277,6 +278,20 @@ class Cluster:
             finished=finished,
         )
 
+    def log_counts(self) -> str:
+        """What the workers' logs say happened (a cross-check of the batch's counters, which a
+        Redis restarted from its append-only file may have lost the last second of)."""
+        logs = [self.log(h) for h in (self.b, self.c)]
+        text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
+        counts = {
+            "lease-lost": text.count(": lease lost (token "),
+            "spooled": text.count("spooled to "),
+            "dead workers' conversations requeued": sum(
+                int(m) for m in re.findall(r"requeued (\d+) conversation\(s\) of dead workers", text)
+            ),
+        }
+        return "worker logs: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
     def close(self) -> None:
         if self._client is not None:
             with contextlib.suppress(Exception):
@@ -313,5 +328,5 @@ def run_scenario(
     wall = time.monotonic() - t0
     cluster.settle(batch_id)
     outcome = cluster.outcome(scenario, batch_id, wall, finished)
-    outcome.notes = note
+    outcome.notes = "; ".join(filter(None, [note, cluster.log_counts()]))
     return outcome
