@@ -48,6 +48,9 @@ SETTLE_S = 5.0
 still before they are read (a run stalled in a partition wakes up a few seconds after the heal)."""
 API_KEY = "sk-test-chaos-0d5e3b7a91c4"
 FINISH_TIMEOUT_S = 240.0
+STALL_S = 60.0
+"""No conversation done for this long (longer than any fault window plus a lease and a reaper beat):
+the batch is stuck, say so now rather than at the timeout."""
 
 _STATS = (
     "import sys, urllib.request; "
@@ -251,12 +254,41 @@ class Cluster:
         return info.finished and info.counts["running"] == 0 and info.counts["queued"] == 0
 
     def wait_finished(self, batch_id: str, timeout: float = FINISH_TIMEOUT_S) -> bool:
+        """True once the batch is done; False after `timeout`, or after STALL_S without progress."""
         deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
         while time.monotonic() < deadline:
             if self.finished(batch_id):
                 return True
+            done = self.done(batch_id)
+            if done != last:
+                last, since = done, time.monotonic()
+            elif time.monotonic() - since > STALL_S:
+                return False
             time.sleep(0.2)
         return False
+
+    def unfinished(self, batch_id: str) -> str:
+        """Where each conversation that is not done stands: its batch state, its RQ job's status and
+        the last line of that job's last failure, if any."""
+        batch = Batch(self.client, batch_id)
+        states = {k.decode(): v.decode() for k, v in self.client.hgetall(batch.keys["state"]).items()}
+        lines = []
+        for conv in sorted(self.expected):
+            if states.get(conv) == "done":
+                continue
+            job = RQJob.fetch_many(
+                [job_id_for(batch_id, conv)], connection=self.client, serializer=JSONSerializer
+            )[0]
+            status = (
+                "no RQ job"
+                if job is None
+                else f"RQ job {getattr(job.get_status(refresh=False), 'value', '?')}"
+            )
+            result = None if job is None else job.latest_result()
+            why = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
+            lines.append(f"{conv}: {states.get(conv)}, {status}{': ' + why[0] if why else ''}")
+        return "; ".join(lines)
 
     def outcome(self, scenario: str, batch_id: str, wall_s: float, finished: bool) -> Outcome:
         records = list(read_records(collect(batch_id, self.client)))
@@ -284,7 +316,7 @@ class Cluster:
         logs = [self.log(h) for h in (self.b, self.c)]
         text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
         counts = {
-            "lease-lost": text.count(": lease lost (token "),
+            "lease-lost": len(re.findall(r"job \S+: lease lost \(token \d+\)", text)),  # fence's own line
             "spooled": text.count("spooled to "),
             "dead workers' conversations requeued": sum(
                 int(m) for m in re.findall(r"requeued (\d+) conversation\(s\) of dead workers", text)
@@ -328,5 +360,6 @@ def run_scenario(
     wall = time.monotonic() - t0
     cluster.settle(batch_id)
     outcome = cluster.outcome(scenario, batch_id, wall, finished)
-    outcome.notes = "; ".join(filter(None, [note, cluster.log_counts()]))
+    stuck = "" if finished else f"NOT DONE: {cluster.unfinished(batch_id)}"
+    outcome.notes = "; ".join(filter(None, [note, cluster.log_counts(), stuck]))
     return outcome
