@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from chaos_cluster import CONVERSATIONS, Cluster, Outcome, run_scenario
-from chaos_hosts import Lab, LabError, remove_stale, unavailable
+from chaos_hosts import Lab, LabError, links, namespaces, remove_stale, unavailable
 from chaos_table import open_table, record
 from conftest import missing_component
 
@@ -194,3 +196,35 @@ def test_simulator_faults(cluster_factory: Factory) -> None:
 def test_all_together(cluster_factory: Factory) -> None:
     cluster = cluster_factory(fault_rate=0.1)
     check(cluster, run_scenario(cluster, "all together", everything))
+
+
+def test_stale_hosts_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    """A run SIGKILLed before its finalizers leaves namespaces, links and processes; the next run
+    removes them (its pytest process is gone), and leaves a live run's alone."""
+    why = unavailable()
+    if why:
+        missing_component(why)
+    script = (
+        "import os, signal, sys, pathlib\n"
+        "from chaos_hosts import Lab\n"
+        "lab = Lab('ab').build()\n"
+        "lab.hosts['a'].start(['sleep', '300'], pathlib.Path(sys.argv[1]), dict(os.environ))\n"
+        "print(lab.tag, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "sleep.log")], capture_output=True, text=True, env=env
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    tag = killed.stdout.strip()
+    assert [n for n in namespaces() + links() if n.startswith(tag)], "the killed run left nothing to clean"
+    live = Lab("a").build()
+    try:
+        removed = remove_stale()
+        assert f"{tag}-a" in removed and f"{tag}-b" in removed
+        assert not [n for n in namespaces() + links() if n.startswith(tag)]
+        assert live.leftovers(), "a live run's namespaces are not stale"
+    finally:
+        live.teardown()
+    assert not live.leftovers()
