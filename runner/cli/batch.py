@@ -105,6 +105,7 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds to."
 )
+@click.option("--no-pool", is_flag=True, hidden=True, help="-n 1 without a parent that restarts it (runner run).")
 def worker(
     redis_url: str | None,
     processes: int,
@@ -112,6 +113,7 @@ def worker(
     concurrency: int,
     metrics_port: int | None,
     metrics_host: str,
+    no_pool: bool,
 ) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
@@ -150,7 +152,8 @@ def worker(
         click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     from runner.queue.worker import WorkerPool
 
-    WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency).run()
+    pool = WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency, pooled=not no_pool)
+    pool.run()
 
 
 @main.command()

@@ -12,6 +12,11 @@ not asyncio: the engine and its backends are synchronous, the SDK's synchronous 
 thread-safe, and `bench/mechanism.py` measured no gain from asyncio (same turns/s, more CPU per
 turn). Job timeouts use RQ's `TimerDeathPenalty` (signals reach only the main thread).
 
+Delayed jobs (the Batch API's polls, `Queue.enqueue_in`) are moved to the queue when due by RQ's own
+`RQScheduler`, run in a thread of the worker (`_schedule`, under RQ's scheduler lock so one worker
+does it) rather than as the forked process `with_scheduler=True` starts: that process cost ~100 MB
+and half a second at every stop, and is idle unless a Batch API job is polling.
+
 A keeper thread beats every `BEAT_S` seconds: it refreshes the worker's liveness (`runner:workers`,
 what `runner status` counts), the lease of every job in flight, and, under a short Redis lock so one
 worker does it at a time, calls `runner.queue.leases.reap` to requeue the jobs of workers that died.
@@ -26,7 +31,9 @@ SIGTERM/SIGINT: no new job is taken and every conversation in flight is finished
 second signal stops at once, handing the leases back so the conversations run again elsewhere.
 
 `WorkerPool` forks N such workers and replaces any that dies. `local_workers` runs a pool as a
-subprocess of `runner run`, in its own session so Ctrl-C reaches `run`, which stops it in order.
+subprocess of `runner run`, in its own session so Ctrl-C reaches `run`, which stops it in order; a
+pool of one is that worker itself (`runner worker --no-pool`: no parent process, no preload of
+everything before a fork; `runner run` restarts it if it dies).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import redis as redis_lib
 from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.queue import Queue
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
@@ -76,6 +84,9 @@ BEAT_S = 2.0
 
 REAP_EVERY_S = 3.0
 """How often (across all workers) someone looks for the jobs of dead workers."""
+
+SCHEDULE_EVERY_S = 1.0
+"""How often a worker moves due delayed jobs to the queue (RQ's scheduler interval)."""
 
 REAPER_LOCK = "runner:reaper"
 RESPAWN_BACKOFF_MAX_S = 30.0
@@ -125,6 +136,9 @@ class RunnerWorker(SimpleWorker):
         super().bootstrap(*args, **kwargs)
         self._beat()
         threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
+        scheduler = RQScheduler(self.queues, connection=self.connection, serializer=JSONSerializer)
+        self._schedule_due(scheduler)  # before the first dequeue: a burst worker sees what is due
+        threading.Thread(target=self._schedule, args=(scheduler,), name="runner-scheduler", daemon=True).start()
         # Daemon threads: a cold stop (second signal) must not wait for them.
         for i in range(self.concurrency):
             t = threading.Thread(target=self._serve, name=f"runner-conv-{i}", daemon=True)
@@ -266,6 +280,23 @@ class RunnerWorker(SimpleWorker):
         pipe.execute()
         fence.confirmed()
 
+    def _schedule_due(self, scheduler: RQScheduler) -> None:
+        """What RQ's scheduler process does each interval: under its lock (one worker of all), move
+        the delayed jobs that are due to the queue."""
+        try:
+            if scheduler.acquire_locks():  # acquired, or refreshed while we hold it
+                scheduler.enqueue_scheduled_jobs()
+        except redis_lib.RedisError as e:
+            log.debug("scheduler: %s", type(e).__name__)  # Redis away: the next pass tries again
+
+    def _schedule(self, scheduler: RQScheduler) -> None:
+        try:
+            while not self._stop_keeper.wait(SCHEDULE_EVERY_S):
+                self._schedule_due(scheduler)
+        finally:
+            with contextlib.suppress(redis_lib.RedisError):
+                scheduler.release_locks()  # another worker takes over at once, not after the lock's TTL
+
     def _keep(self) -> None:
         last_reap = 0.0
         while not self._stop_keeper.wait(BEAT_S):
@@ -301,10 +332,8 @@ def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings, c
     execute.configure(settings)
     with contextlib.suppress(Exception):  # no key yet, or another backend: built at first use then
         shared_client(settings)  # this process's HTTP client, ready before it takes its first request slot
-    # with_scheduler: delayed jobs (the Batch API's polls, `runner.queue.batch_api_jobs`) get enqueued.
-    RunnerWorker(redis, concurrency=concurrency).work(
-        burst=burst, logging_level=logging_level, with_scheduler=True
-    )
+    # Delayed jobs (the Batch API's polls) are enqueued by the worker's scheduler thread.
+    RunnerWorker(redis, concurrency=concurrency).work(burst=burst, logging_level=logging_level)
     if burst and rq_queue(redis).count:
         sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
 
@@ -336,8 +365,10 @@ class WorkerPool:
         burst: bool = False,
         logging_level: str = "INFO",
         concurrency: int = DEFAULT_CONCURRENCY,
+        pooled: bool = True,
     ):
         self.redis_url = redis_url
+        self.pooled = pooled or processes > 1  # False: the one worker runs in this process
         self.settings = settings
         self.concurrency = concurrency
         self.processes = max(1, processes)
@@ -365,6 +396,9 @@ class WorkerPool:
                 os.kill(p.pid, signal.SIGTERM if self._stopping == 1 else signal.SIGINT)  # type: ignore[arg-type]
 
     def run(self) -> None:
+        if not self.pooled:  # no fork: nothing to preload for children, no parent to keep
+            _work(self.redis_url, self.burst, self.logging_level, self.settings, self.concurrency)
+            return
         preload()
         connect(self.redis_url)  # fail fast (exit 3) on a wrong URL, before forking anything
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -430,6 +464,8 @@ class LocalWorkers:
         with open(self.log_path, "ab") as log_file:
             command = [sys.executable, "-m", "runner", "worker", "-n", str(self.processes),
                        "--concurrency", str(self.concurrency)]  # fmt: skip
+            if self.processes == 1:  # `check` restarts it if it dies: no pool parent needed
+                command.append("--no-pool")
             self.process = subprocess.Popen(
                 command + (["--burst"] if self.burst else []),
                 env=env,
