@@ -105,7 +105,7 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds to."
 )
-@click.option("--no-pool", is_flag=True, hidden=True, help="-n 1 without a parent that restarts it (runner run).")
+@click.option("--no-pool", is_flag=True, hidden=True, help="-n 1 with no parent to restart it (runner run).")
 def worker(
     redis_url: str | None,
     processes: int,
@@ -152,8 +152,8 @@ def worker(
         click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     from runner.queue.worker import WorkerPool
 
-    pool = WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency, pooled=not no_pool)
-    pool.run()
+    pooled = not no_pool
+    WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency, pooled=pooled).run()
 
 
 @main.command()

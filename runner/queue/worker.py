@@ -138,7 +138,7 @@ class RunnerWorker(SimpleWorker):
         threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
         scheduler = RQScheduler(self.queues, connection=self.connection, serializer=JSONSerializer)
         self._schedule_due(scheduler)  # before the first dequeue: a burst worker sees what is due
-        threading.Thread(target=self._schedule, args=(scheduler,), name="runner-scheduler", daemon=True).start()
+        threading.Thread(target=self._schedule, args=(scheduler,), daemon=True).start()
         # Daemon threads: a cold stop (second signal) must not wait for them.
         for i in range(self.concurrency):
             t = threading.Thread(target=self._serve, name=f"runner-conv-{i}", daemon=True)
