@@ -15,7 +15,6 @@ its environment; `run_task` is what every queued conversation names (`JOB_FUNC`)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from typing import Any
@@ -61,12 +60,11 @@ def limiter_for(
     """The limiter of (server, key, model), with this job's caps; one per process and arguments
     (shared by the conversations a worker runs at once: what it learns, it learns once)."""
     caps = (limits.requests_per_minute, limits.tokens_per_minute)
-    key = hashlib.sha256((settings.api_key or "").encode()).hexdigest()
-    ident = (id(redis), job_name, settings.server, key, model, *caps)
+    scope = scope_for(redis, settings.server, settings.api_key, model)  # the salt as Redis has it now
+    ident = (id(redis), job_name, scope.name, *caps)
     with _limiters_lock:
         limiter = _limiters.get(ident)
         if limiter is None or limiter.redis is not redis:
-            scope = scope_for(redis, settings.server, settings.api_key, model)
             limiter = _limiters[ident] = RedisLimiter(
                 redis, scope.name, *caps, job=job_name, announce=lambda: register(redis, scope)
             )
