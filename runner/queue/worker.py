@@ -441,9 +441,11 @@ class LocalWorkers:
         settings: Settings | None = None,
         burst: bool = False,
         concurrency: int = DEFAULT_CONCURRENCY,
+        pooled: bool = True,
     ) -> None:
         self.redis_url = redis_url
         self.settings = settings  # None: this process's environment when the pool starts
+        self.pooled = pooled  # False: one worker is that process itself (`check` restarts it)
         self.processes = processes
         self.concurrency = concurrency
         self.log_path = log_path
@@ -464,7 +466,7 @@ class LocalWorkers:
         with open(self.log_path, "ab") as log_file:
             command = [sys.executable, "-m", "runner", "worker", "-n", str(self.processes),
                        "--concurrency", str(self.concurrency)]  # fmt: skip
-            if self.processes == 1:  # `check` restarts it if it dies: no pool parent needed
+            if self.processes == 1 and not self.pooled:
                 command.append("--no-pool")
             self.process = subprocess.Popen(
                 command + (["--burst"] if self.burst else []),
@@ -510,7 +512,10 @@ def local_workers(
     redis_url: str, processes: int, log_path: Path, settings: Settings, concurrency: int = DEFAULT_CONCURRENCY
 ) -> Iterator[LocalWorkers]:
     """A worker pool subprocess serving `redis_url` with these settings, for the length of a block."""
-    workers = LocalWorkers(redis_url, processes, log_path, settings=settings, concurrency=concurrency)
+    # A pool of one needs no parent to replace its worker: `runner run` restarts it (`check`).
+    workers = LocalWorkers(
+        redis_url, processes, log_path, settings=settings, concurrency=concurrency, pooled=False
+    )
     workers.start()
     try:
         yield workers
