@@ -169,6 +169,7 @@ class TreeSampler:
         self.pids, self.sim = pids, sim
         self.peak_rss = self.peak_worker_rss = self.peak_pss = self.peak_worker_pss = 0
         self.samples: list[tuple[float, int]] = []
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid: (role, CPU-seconds last seen)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -187,6 +188,9 @@ class TreeSampler:
                     for p in tree:
                         with contextlib.suppress(psutil.Error):
                             m = p.memory_info().rss
+                            t = p.cpu_times()
+                            role = "worker" if p.pid in workers else "redis" if "redis" in p.name() else "run"
+                            self.cpu[p.pid] = (role, t.user + t.system)
                             rss += m
                             worker_rss += m if p.pid in workers else 0
                             if with_pss:
@@ -208,6 +212,13 @@ class TreeSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU-seconds per role (`run`: the command itself; `worker`; `redis`), as last sampled."""
+        out: dict[str, float] = {}
+        for role, cpu in self.cpu.values():
+            out[role] = out.get(role, 0.0) + cpu
+        return out
 
     def steady_rate(self, turns: int) -> float:
         """Turn starts per second between 10 % and 90 % of all turns (start-up and tail left out)."""
@@ -264,6 +275,7 @@ def measure(
         "peak_worker_pss_mb": round(sampler.peak_worker_pss / 2**20, 1) if sampler.peak_worker_pss else None,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpu_ms_per_turn": round(cpu / turns * 1000, 2),
+        "cpu_ms_per_turn_by_role": {k: round(v / turns * 1000, 2) for k, v in sampler.cpu_by_role().items()},
     }
     print(json.dumps(row), flush=True)
     return row

@@ -4,7 +4,7 @@ warmly (the conversations in flight are finished and recorded, the rest stays qu
 from __future__ import annotations
 
 import signal
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -64,14 +64,15 @@ def test_worker_runs_delayed_jobs_without_a_scheduler_process(tmp_path: Path) ->
     ):
         batch_id = enqueue_job(job, redis=client)
         queue = rq_queue(client)
-        when = datetime.now(timezone.utc) + timedelta(seconds=1)
+        when = datetime.now(UTC) + timedelta(seconds=1)
         for job_id in queue.get_job_ids():
             rq_job = queue.fetch_job(job_id)
             assert rq_job is not None
             queue.remove(job_id)
             queue.schedule_job(rq_job, when)
         assert queue.count == 0 and len(queue.scheduled_job_registry) == 3
-        with worker_pool(server.url, 1, tmp_path / "w.log", base_url=sim.base_url, concurrency=4) as pool:
+        log = tmp_path / "w.log"
+        with worker_pool(server.url, 1, log, base_url=sim.base_url, concurrency=4, pooled=False) as pool:
             assert pool.process is not None
             wait_until(lambda: Batch(client, batch_id).require().finished, 60, 0.1, "the delayed jobs ran")
             assert psutil.Process(pool.process.pid).children(recursive=True) == []

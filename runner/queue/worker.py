@@ -10,7 +10,9 @@ rq-dashboard shows them), then hands it to one of its threads, which runs RQ's `
 (`prepare_job_execution`, `job.perform()`, `handle_job_success` / `handle_job_failure`). Threads,
 not asyncio: the engine and its backends are synchronous, the SDK's synchronous client is
 thread-safe, and `bench/mechanism.py` measured no gain from asyncio (same turns/s, more CPU per
-turn). Job timeouts use RQ's `TimerDeathPenalty` (signals reach only the main thread).
+turn). Job timeouts raise RQ's timeout in the job's thread as RQ's `TimerDeathPenalty` does (signals
+reach only the main thread), but one watchdog thread serves every job (`SharedTimerDeathPenalty`)
+instead of a timer thread per job.
 
 Delayed jobs (the Batch API's polls, `Queue.enqueue_in`) are moved to the queue when due by RQ's own
 `RQScheduler`, run in a thread of the worker (`_schedule`, under RQ's scheduler lock so one worker
@@ -53,7 +55,7 @@ from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 import redis as redis_lib
@@ -105,10 +107,51 @@ turn and runs of a few seconds, enough for one process to fill a tier of ~1,000+
 assert batch_api_jobs.ADVANCE_FUNC in security.JOB_FUNCTIONS
 
 
+class SharedTimerDeathPenalty(TimerDeathPenalty):
+    """RQ's `TimerDeathPenalty` (the job's timeout exception raised in the job's own thread) with one
+    watchdog thread per process for all jobs in flight, instead of a `threading.Timer` each."""
+
+    _cond: ClassVar[threading.Condition] = threading.Condition()
+    _due: ClassVar[dict[int, tuple[float, SharedTimerDeathPenalty]]] = {}  # id: (deadline, penalty)
+    _waiting_until: ClassVar[float] = float("inf")  # the deadline the watchdog sleeps towards
+    _watchdog: ClassVar[threading.Thread | None] = None
+
+    def setup_death_penalty(self) -> None:
+        if self._timeout <= 0:
+            return
+        cls = SharedTimerDeathPenalty
+        deadline = time.monotonic() + self._timeout
+        with cls._cond:
+            cls._due[id(self)] = (deadline, self)
+            if cls._watchdog is None or not cls._watchdog.is_alive():  # first use, or after a fork
+                cls._watchdog = threading.Thread(target=cls._watch, name="runner-job-timeouts", daemon=True)
+                cls._watchdog.start()
+            elif deadline < cls._waiting_until:
+                cls._cond.notify()
+
+    def cancel_death_penalty(self) -> None:
+        with SharedTimerDeathPenalty._cond:
+            SharedTimerDeathPenalty._due.pop(id(self), None)
+
+    @classmethod
+    def _watch(cls) -> None:
+        with cls._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, penalty) in list(cls._due.items()):
+                    if deadline <= now:
+                        del cls._due[key]
+                        # Under the lock: a job cancelling now gets it in its cancel, where RQ ignores it.
+                        with contextlib.suppress(ValueError, SystemError):  # its thread is gone
+                            penalty.handle_death_penalty()
+                cls._waiting_until = min((d for d, _ in cls._due.values()), default=float("inf"))
+                cls._cond.wait(None if not cls._due else max(0.0, cls._waiting_until - now))
+
+
 class RunnerWorker(SimpleWorker):
     """An RQ worker with up to `concurrency` conversations in flight, each leased (module docstring)."""
 
-    death_penalty_class = TimerDeathPenalty  # a job timeout that works in any thread
+    death_penalty_class = SharedTimerDeathPenalty  # a job timeout that works in any thread
     log_result_lifespan = False  # one line less per conversation
 
     def __init__(
