@@ -74,7 +74,7 @@ def shared_client(settings: Settings) -> openai.OpenAI:
         return client
 
 
-def _answer_types(api: Api) -> tuple[type, ...]:
+def _answer_types(api: Api) -> tuple[object, ...]:
     """The SDK types a backend of `api` parses answers into (imported only for the APIs in use:
     the Assistants types alone pull in every beta type, half a second)."""
     if api is Api.ASSISTANTS:

@@ -37,7 +37,7 @@ from runner.tasks import ConversationTask, Limits
 log = logging.getLogger("runner.queue.execute")
 
 _settings: Settings | None = None
-_limiters: dict[tuple[int, str, str, str, str, int | None, int | None], RedisLimiter] = {}
+_limiters: dict[tuple[int, str, str, int | None, int | None], RedisLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
