@@ -74,8 +74,14 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 def _exit_now(code: Any) -> None:
     """End the process without Python's teardown of every module and object, which takes half a
     second or more once the SDK's types are loaded (measured: `runner run`'s parent and each worker
-    paid it on every run). Output is flushed and exit handlers run first, as at a normal exit."""
+    paid it on every run). As at a normal exit, other threads that are not daemons are waited for,
+    exit handlers run and output is flushed first."""
     import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
 
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)  # what sys.exit("message") prints
