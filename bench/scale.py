@@ -170,6 +170,7 @@ class TreeSampler:
         self.peak_rss = self.peak_worker_rss = self.peak_pss = self.peak_worker_pss = 0
         self.samples: list[tuple[float, int]] = []
         self.cpu: dict[int, tuple[str, float]] = {}  # pid: (role, CPU-seconds last seen)
+        self.rss_by_role: dict[str, int] = {}  # peak RSS of one process of each role
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -189,8 +190,11 @@ class TreeSampler:
                         with contextlib.suppress(psutil.Error):
                             m = p.memory_info().rss
                             t = p.cpu_times()
-                            role = "worker" if p.pid in workers else "redis" if "redis" in p.name() else "run"
+                            role = self.cpu.get(p.pid, ("", 0.0))[0] or (  # as first seen
+                                "worker" if p.pid in workers else "redis" if "redis" in p.name() else "run"
+                            )
                             self.cpu[p.pid] = (role, t.user + t.system)
+                            self.rss_by_role[role] = max(self.rss_by_role.get(role, 0), m)
                             rss += m
                             worker_rss += m if p.pid in workers else 0
                             if with_pss:
@@ -276,6 +280,7 @@ def measure(
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpu_ms_per_turn": round(cpu / turns * 1000, 2),
         "cpu_ms_per_turn_by_role": {k: round(v / turns * 1000, 2) for k, v in sampler.cpu_by_role().items()},
+        "peak_rss_mb_by_role": {k: round(v / 2**20, 1) for k, v in sampler.rss_by_role.items()},
     }
     print(json.dumps(row), flush=True)
     return row
