@@ -56,6 +56,7 @@ def test_worker_runs_delayed_jobs_without_a_scheduler_process(tmp_path: Path) ->
     """RQ's scheduler runs in a thread of the worker: jobs scheduled for later (as the Batch API's
     polls are) still run, and a pool of one is a single process (no pool parent, no forked scheduler)."""
     import psutil
+    from rq.scheduler import RQScheduler
 
     job = load_job(write_job(tmp_path / "job.yaml", "later", conversations=3))
     with (
@@ -78,3 +79,5 @@ def test_worker_runs_delayed_jobs_without_a_scheduler_process(tmp_path: Path) ->
             assert psutil.Process(pool.process.pid).children(recursive=True) == []
         assert Batch(client, batch_id).require().done == 3
         assert len(queue.scheduled_job_registry) == 0
+        # Stopped, it handed RQ's scheduler lock back: another worker schedules at once.
+        assert not client.exists(RQScheduler.get_locking_key(queue.name))

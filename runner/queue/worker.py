@@ -180,6 +180,7 @@ class RunnerWorker(SimpleWorker):
         self._beat()
         threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
         scheduler = RQScheduler(self.queues, connection=self.connection, serializer=JSONSerializer)
+        self._rq_scheduler = scheduler
         self._schedule_due(scheduler)  # before the first dequeue: a burst worker sees what is due
         threading.Thread(target=self._schedule, args=(scheduler,), daemon=True).start()
         # Daemon threads: a cold stop (second signal) must not wait for them.
@@ -305,6 +306,7 @@ class RunnerWorker(SimpleWorker):
             for _ in self._threads:
                 self._jobs.put(None)
             self._stop_keeper.set()
+            self._release_scheduler()
             with contextlib.suppress(redis_lib.RedisError):
                 self.connection.zrem(WORKERS_KEY, self.name)
             super().teardown()
@@ -333,12 +335,15 @@ class RunnerWorker(SimpleWorker):
             log.debug("scheduler: %s", type(e).__name__)  # Redis away: the next pass tries again
 
     def _schedule(self, scheduler: RQScheduler) -> None:
-        try:
-            while not self._stop_keeper.wait(SCHEDULE_EVERY_S):
-                self._schedule_due(scheduler)
-        finally:
+        while not self._stop_keeper.wait(SCHEDULE_EVERY_S):
+            self._schedule_due(scheduler)
+
+    def _release_scheduler(self) -> None:
+        """At stop: another worker takes the scheduling over at once, not after the lock's TTL."""
+        scheduler: RQScheduler | None = getattr(self, "_rq_scheduler", None)
+        if scheduler is not None:
             with contextlib.suppress(redis_lib.RedisError):
-                scheduler.release_locks()  # another worker takes over at once, not after the lock's TTL
+                scheduler.release_locks()
 
     def _keep(self) -> None:
         last_reap = 0.0
