@@ -151,29 +151,62 @@ def _turn_starts(stats: dict[str, Any]) -> int:
     return int(runs) - int(stats["429"])
 
 
+def _is_worker(p: psutil.Process) -> bool:
+    """A process of the worker side: `runner worker` (and anything it forked)."""
+    with contextlib.suppress(psutil.Error):
+        return "worker" in p.cmdline()
+    return False
+
+
 class TreeSampler:
-    """Peak RSS of the process trees, and turn starts over time (from the simulator)."""
+    """Peak RSS of the process trees (and of their worker side: `runner worker` and its children),
+    peak PSS (shared pages counted once, sampled every second: reading smaps is slow), and turn
+    starts over time (from the simulator)."""
+
+    PSS_EVERY_S = 1.0
 
     def __init__(self, pids: list[int], sim: Simulator) -> None:
         self.pids, self.sim = pids, sim
-        self.peak_rss = 0
+        self.peak_rss = self.peak_worker_rss = self.peak_pss = self.peak_worker_pss = 0
         self.samples: list[tuple[float, int]] = []
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid: (role, CPU-seconds last seen)
+        self.rss_by_role: dict[str, int] = {}  # peak RSS of one process of each role
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        last_stats = 0.0
+        last_stats = last_pss = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            rss = 0
+            rss = worker_rss = pss = worker_pss = 0
+            with_pss = now - last_pss >= self.PSS_EVERY_S
             for pid in self.pids:
                 with contextlib.suppress(psutil.Error):
                     root = psutil.Process(pid)
-                    for p in [root, *root.children(recursive=True)]:
+                    tree = [root, *root.children(recursive=True)]
+                    workers = {c.pid for p in tree if _is_worker(p) for c in [p, *p.children(True)]}
+                    for p in tree:
                         with contextlib.suppress(psutil.Error):
-                            rss += p.memory_info().rss
+                            m = p.memory_info().rss
+                            t = p.cpu_times()
+                            role = self.cpu.get(p.pid, ("", 0.0))[0] or (  # as first seen
+                                "worker" if p.pid in workers else "redis" if "redis" in p.name() else "run"
+                            )
+                            self.cpu[p.pid] = (role, t.user + t.system)
+                            self.rss_by_role[role] = max(self.rss_by_role.get(role, 0), m)
+                            rss += m
+                            worker_rss += m if p.pid in workers else 0
+                            if with_pss:
+                                q = p.memory_full_info().pss
+                                pss += q
+                                worker_pss += q if p.pid in workers else 0
             self.peak_rss = max(self.peak_rss, rss)
+            self.peak_worker_rss = max(self.peak_worker_rss, worker_rss)
+            if with_pss:
+                self.peak_pss = max(self.peak_pss, pss)
+                self.peak_worker_pss = max(self.peak_worker_pss, worker_pss)
+                last_pss = now
             if now - last_stats >= 0.25:
                 with contextlib.suppress(OSError):
                     self.samples.append((now, _turn_starts(self.sim.stats())))
@@ -183,6 +216,13 @@ class TreeSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU-seconds per role (`run`: the command itself; `worker`; `redis`), as last sampled."""
+        out: dict[str, float] = {}
+        for role, cpu in self.cpu.values():
+            out[role] = out.get(role, 0.0) + cpu
+        return out
 
     def steady_rate(self, turns: int) -> float:
         """Turn starts per second between 10 % and 90 % of all turns (start-up and tail left out)."""
@@ -200,6 +240,7 @@ def measure(
     name: str, commands: list[list[str]], envs: list[dict[str, str]], sim: Simulator, turns: int, rpm: int
 ) -> dict[str, Any]:
     sim.reset()
+    load_before = os.getloadavg()[0]  # the machine is shared: what else ran is part of the figure
     cpu0, began = _children_cpu(), time.monotonic()
     procs = [
         subprocess.Popen(c, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -233,7 +274,13 @@ def measure(
         "429s": int(stats["429"]),
         "429_share": round(int(stats["429"]) / max(1, requests), 4),
         "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
+        "peak_worker_rss_mb": round(sampler.peak_worker_rss / 2**20, 1) if sampler.peak_worker_rss else None,
+        "peak_pss_mb": round(sampler.peak_pss / 2**20, 1),
+        "peak_worker_pss_mb": round(sampler.peak_worker_pss / 2**20, 1) if sampler.peak_worker_pss else None,
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpu_ms_per_turn": round(cpu / turns * 1000, 2),
+        "cpu_ms_per_turn_by_role": {k: round(v / turns * 1000, 2) for k, v in sampler.cpu_by_role().items()},
+        "peak_rss_mb_by_role": {k: round(v / 2**20, 1) for k, v in sampler.rss_by_role.items()},
     }
     print(json.dumps(row), flush=True)
     return row
@@ -344,8 +391,10 @@ def _two_jobs(
 
 def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
-    head = ("config", "turns/s", "steady/ceiling", "429 share", "req/turn", "peak RSS MB", "CPU ms/turn")
-    print("{:<13} {:>8} {:>14} {:>9} {:>8} {:>11} {:>11}".format(*head))
+    head = ("config", "turns/s", "steady/ceiling", "429 share", "req/turn", "peak RSS MB", "worker RSS MB",
+            "peak PSS MB", "CPU ms/turn", "load")  # fmt: skip
+    line = "{:<13} {:>8} {:>14} {:>9} {:>8} {:>11} {:>13} {:>11} {:>11} {:>9}"
+    print(line.format(*head))
     for r in rows:
         cells = (
             r["config"],
@@ -354,9 +403,12 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{r['429_share']:.2%}",
             f"{r['requests_per_turn']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
+            "-" if r["peak_worker_rss_mb"] is None else f"{r['peak_worker_rss_mb']:.0f}",
+            f"{r['peak_pss_mb']:.0f}",
             f"{r['cpu_ms_per_turn']:.1f}",
+            "{:.1f}-{:.1f}".format(*r["load_avg_1m"]),
         )
-        print("{:<13} {:>8} {:>14} {:>9} {:>8} {:>11} {:>11}".format(*cells))
+        print(line.format(*cells))
     print(
         f"{args.conversations} single-turn conversations, {args.latency:g} s runs, simulator --rpm {args.rpm}"
     )

@@ -37,7 +37,7 @@ from runner.queue.limits import (
     RedisSemaphore,
     limiter_scope,
 )
-from runner.queue.scopes import scope_status
+from runner.queue.scopes import SALT_KEY, scope_for, scope_status
 from runner.settings import Settings
 from runner.simulator.config import NOMINAL_TPM
 from runner.tasks import Limits
@@ -200,6 +200,26 @@ def test_limits_scope_is_per_job_and_server_without_the_url() -> None:
     assert a != limiter_scope("job", "http://127.0.0.1:8000/v1")
     assert a != limiter_scope("other", "https://user:secret@api.example.com/v1")
     assert a == limiter_scope("job", "https://user:secret@api.example.com/v1")
+
+
+def test_limits_scope_follows_a_redis_flushed_or_replaced_at_the_same_address() -> None:
+    server = fakeredis.FakeServer()
+    fake, peer = fakeredis.FakeRedis(server=server), fakeredis.FakeRedis(server=server)
+    key, url = "sk-test-salt-0123456789", "https://api.example.com/v1"
+    settings = Settings(api_key=key, base_url=url)
+    before = scope_for(fake, url, key, "gpt-4o-mini")
+    assert before == scope_for(fake, url, key, "gpt-4o-mini")  # stable while the salt is
+    assert key not in before.name and fake.get(SALT_KEY)
+    old_limiter = limiter_for(fake, "nightly", Limits(), settings, "gpt-4o-mini")
+    assert old_limiter.scope == before.name
+
+    fake.flushall()  # same address, same client, a new Redis: its first asker makes a new salt
+    after_peer = scope_for(peer, url, key, "gpt-4o-mini")  # another process, never cached anything
+    after = scope_for(fake, url, key, "gpt-4o-mini")
+    assert after == after_peer  # one scope for the key on this Redis, whoever names it
+    assert after.key != before.key  # the old salt is gone with the old Redis
+    limiter = limiter_for(fake, "nightly", Limits(), settings, "gpt-4o-mini")
+    assert limiter.scope == after.name and limiter is not old_limiter
 
 
 # --- RedisSemaphore -------------------------------------------------------------------------------

@@ -112,10 +112,13 @@ def worker_pool(
     burst: bool = False,
     env: dict[str, str] | None = None,
     concurrency: int = 64,
+    pooled: bool = True,
 ) -> Iterator[LocalWorkers]:
     """`runner worker -n N -c C` as a subprocess, pointed at a simulator; stopped (and killed) afterwards."""
     extra = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": api_key, **(env or {})}
-    workers = LocalWorkers(redis_url, processes, log_path, burst=burst, concurrency=concurrency)
+    workers = LocalWorkers(
+        redis_url, processes, log_path, burst=burst, concurrency=concurrency, pooled=pooled
+    )
     with mock.patch.dict(os.environ, extra):  # the pool inherits it; this process gets it back
         workers.start()
     try:

@@ -112,6 +112,7 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
     metavar="SECONDS",
     help="Ride out an unreachable Redis this long, then stop (exit 69). [default: RUNNER_REDIS_OUTAGE_S, 60]",
 )
+@click.option("--no-pool", is_flag=True, hidden=True, help="-n 1 with no parent to restart it (runner run).")
 def worker(
     redis_url: str | None,
     processes: int,
@@ -120,6 +121,7 @@ def worker(
     metrics_port: int | None,
     metrics_host: str,
     redis_outage: float | None,
+    no_pool: bool,
 ) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
@@ -165,7 +167,8 @@ def worker(
         click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     from runner.queue.worker import WorkerPool
 
-    WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency).run()
+    pooled = not no_pool
+    WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency, pooled=pooled).run()
 
 
 @main.command()

@@ -74,18 +74,33 @@ def shared_client(settings: Settings) -> openai.OpenAI:
         return client
 
 
-def warm_models() -> int:
-    """Build the pydantic schemas of the SDK's answer types now (the SDK defers them to first use):
-    threads that parse their first answers at the same moment race in that build (seen as
-    `PydanticUserError` / `AttributeError: __pydantic_core_schema__`). Returns how many were built."""
+def _answer_types(api: Api) -> tuple[object, ...]:
+    """The SDK types a backend of `api` parses answers into (imported only for the APIs in use:
+    the Assistants types alone pull in every beta type, half a second)."""
+    if api is Api.ASSISTANTS:
+        from openai.types.beta import Assistant, AssistantStreamEvent, Thread
+        from openai.types.beta.threads import Message, Run
+
+        return Assistant, Thread, Run, Message, AssistantStreamEvent
+    if api is Api.RESPONSES:
+        from openai.types.conversations import Conversation
+        from openai.types.responses import Response, ResponseStreamEvent
+
+        return Response, Conversation, ResponseStreamEvent
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    return ChatCompletion, ChatCompletionChunk
+
+
+def warm_models(apis: tuple[Api, ...] = tuple(Api)) -> int:
+    """Build the pydantic schemas of the SDK's answer types of `apis` now (the SDK defers them to
+    first use): threads that parse their first answers at the same moment race in that build (seen
+    as `PydanticUserError` / `AttributeError: __pydantic_core_schema__`). `backend_for` does it for
+    its API before handing out the backend; a pool preloads all before forking. Returns how many
+    were built."""
     import typing
 
     from openai._models import BaseModel as SDKModel
-    from openai.types.beta import Assistant, AssistantStreamEvent, Thread
-    from openai.types.beta.threads import Message, Run
-    from openai.types.chat import ChatCompletion, ChatCompletionChunk
-    from openai.types.conversations import Conversation
-    from openai.types.responses import Response, ResponseStreamEvent
 
     seen: set[type] = set()
 
@@ -99,9 +114,9 @@ def warm_models() -> int:
         for arg in typing.get_args(tp):
             walk(arg)
 
-    for tp in (ChatCompletion, ChatCompletionChunk, Assistant, Thread, Run, Message, Response,
-               Conversation, AssistantStreamEvent, ResponseStreamEvent):  # fmt: skip
-        walk(tp)
+    for api in apis:
+        for tp in _answer_types(api):
+            walk(tp)
     built = 0
     for model in seen:
         if not model.__pydantic_complete__:  # type: ignore[attr-defined]
@@ -117,6 +132,7 @@ def backend_for(api: Api | str, client: openai.OpenAI, settings: Settings) -> Ba
     with _lock:
         backend = _backends.get(ident)
         if backend is None or backend.client is not client:
+            warm_models((Api(api),))  # under the lock: the conversations that get it parse safely
             backend = _backends[ident] = get_backend(api, client, settings)
         return backend
 

@@ -20,7 +20,6 @@ its environment; `run_task` is what every queued conversation names (`JOB_FUNC`)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from typing import Any
@@ -45,7 +44,7 @@ from runner.tasks import ConversationTask, Limits
 log = logging.getLogger("runner.queue.execute")
 
 _settings: Settings | None = None
-_limiters: dict[tuple[int, str, str, str, str, int | None, int | None], RedisLimiter] = {}
+_limiters: dict[tuple[int, str, str, int | None, int | None], RedisLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
@@ -69,12 +68,11 @@ def limiter_for(
     """The limiter of (server, key, model), with this job's caps; one per process and arguments
     (shared by the conversations a worker runs at once: what it learns, it learns once)."""
     caps = (limits.requests_per_minute, limits.tokens_per_minute)
-    key = hashlib.sha256((settings.api_key or "").encode()).hexdigest()
-    ident = (id(redis), job_name, settings.server, key, model, *caps)
+    scope = scope_for(redis, settings.server, settings.api_key, model)  # the salt as Redis has it now
+    ident = (id(redis), job_name, scope.name, *caps)
     with _limiters_lock:
         limiter = _limiters.get(ident)
         if limiter is None or limiter.redis is not redis:
-            scope = scope_for(redis, settings.server, settings.api_key, model)
             limiter = _limiters[ident] = RedisLimiter(
                 redis, scope.name, *caps, job=job_name, announce=lambda: register(redis, scope)
             )

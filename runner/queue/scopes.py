@@ -4,6 +4,9 @@ A scope is (API base URL, API key, model). Its name is `<url hash>.<key fingerpr
 the URL is hashed (it may hold a user), the key is fingerprinted with a salt kept once in Redis
 (`runner:limit:salt`, random, made by the first process that needs it), so the name says which
 budget is meant without the key, and cannot be checked against a guessed key without the salt.
+The salt is read from Redis each time a scope is named, never cached: a Redis flushed or replaced at
+the same address has a new salt, and a process that kept the old one would name another scope than
+its peers (two budgets for one key).
 
 `runner:limit:scopes` (hash) lists the scopes in use with what `runner status` shows of them: the
 server's host (no user, no password, no path), the fingerprint and the model.
@@ -14,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -26,19 +28,14 @@ from runner.queue.limits import KEY_PREFIX, as_text
 SALT_KEY = KEY_PREFIX + "salt"
 SCOPES_KEY = KEY_PREFIX + "scopes"
 
-_salts: dict[str, bytes] = {}
-_lock = threading.Lock()
-
 
 def _salt(redis: redis_lib.Redis) -> bytes:
-    """This Redis's salt: created once (SET NX), read once per process and connection."""
-    with _lock:
-        which = repr(redis.connection_pool)  # the server and database, not the client object
-        salt = _salts.get(which)
-        if salt is None:
-            redis.set(SALT_KEY, secrets.token_hex(16), nx=True)
-            salt = _salts[which] = as_text(redis.get(SALT_KEY) or "").encode()
-        return salt
+    """This Redis's salt as it is now: made by the first asker (SET NX), one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.set(SALT_KEY, secrets.token_hex(16), nx=True)
+    pipe.get(SALT_KEY)
+    _, salt = pipe.execute()
+    return as_text(salt or "").encode()
 
 
 def key_fingerprint(redis: redis_lib.Redis, api_key: str | None) -> str:

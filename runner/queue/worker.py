@@ -10,7 +10,14 @@ rq-dashboard shows them), then hands it to one of its threads, which runs RQ's `
 (`prepare_job_execution`, `job.perform()`, `handle_job_success` / `handle_job_failure`). Threads,
 not asyncio: the engine and its backends are synchronous, the SDK's synchronous client is
 thread-safe, and `bench/mechanism.py` measured no gain from asyncio (same turns/s, more CPU per
-turn). Job timeouts use RQ's `TimerDeathPenalty` (signals reach only the main thread).
+turn). Job timeouts raise RQ's timeout in the job's thread as RQ's `TimerDeathPenalty` does (signals
+reach only the main thread), but one watchdog thread serves every job (`SharedTimerDeathPenalty`)
+instead of a timer thread per job.
+
+Delayed jobs (the Batch API's polls, `Queue.enqueue_in`) are moved to the queue when due by RQ's own
+`RQScheduler`, run in a thread of the worker (`_schedule`, under RQ's scheduler lock so one worker
+does it) rather than as the forked process `with_scheduler=True` starts: that process cost ~100 MB
+and half a second at every stop, and is idle unless a Batch API job is polling.
 
 A keeper thread beats every `BEAT_S` seconds: it refreshes the worker's liveness (`runner:workers`,
 what `runner status` counts), the lease of every job in flight, and, under a short Redis lock so one
@@ -36,7 +43,9 @@ SIGTERM/SIGINT: no new job is taken and every conversation in flight is finished
 second signal stops at once, handing the leases back so the conversations run again elsewhere.
 
 `WorkerPool` forks N such workers and replaces any that dies. `local_workers` runs a pool as a
-subprocess of `runner run`, in its own session so Ctrl-C reaches `run`, which stops it in order.
+subprocess of `runner run`, in its own session so Ctrl-C reaches `run`, which stops it in order; a
+pool of one is that worker itself (`runner worker --no-pool`: no parent process, no preload of
+everything before a fork; `runner run` restarts it if it dies).
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 import redis as redis_lib
@@ -64,6 +73,7 @@ from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.queue import Queue
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
@@ -87,6 +97,9 @@ BEAT_S = 2.0
 
 REAP_EVERY_S = 3.0
 """How often (across all workers) someone looks for the jobs of dead workers."""
+
+SCHEDULE_EVERY_S = 1.0
+"""How often a worker moves due delayed jobs to the queue (RQ's scheduler interval)."""
 
 REAPER_LOCK = "runner:reaper"
 RESPAWN_BACKOFF_MAX_S = 30.0
@@ -122,10 +135,51 @@ class _Queue(Queue):
             raise DequeueTimeout(0) from None  # RQ's loop goes round: its heartbeat meets the outage
 
 
+class SharedTimerDeathPenalty(TimerDeathPenalty):
+    """RQ's `TimerDeathPenalty` (the job's timeout exception raised in the job's own thread) with one
+    watchdog thread per process for all jobs in flight, instead of a `threading.Timer` each."""
+
+    _cond: ClassVar[threading.Condition] = threading.Condition()
+    _due: ClassVar[dict[int, tuple[float, SharedTimerDeathPenalty]]] = {}  # id: (deadline, penalty)
+    _waiting_until: ClassVar[float] = float("inf")  # the deadline the watchdog sleeps towards
+    _watchdog: ClassVar[threading.Thread | None] = None
+
+    def setup_death_penalty(self) -> None:
+        if self._timeout <= 0:
+            return
+        cls = SharedTimerDeathPenalty
+        deadline = time.monotonic() + self._timeout
+        with cls._cond:
+            cls._due[id(self)] = (deadline, self)
+            if cls._watchdog is None or not cls._watchdog.is_alive():  # first use, or after a fork
+                cls._watchdog = threading.Thread(target=cls._watch, name="runner-job-timeouts", daemon=True)
+                cls._watchdog.start()
+            elif deadline < cls._waiting_until:
+                cls._cond.notify()
+
+    def cancel_death_penalty(self) -> None:
+        with SharedTimerDeathPenalty._cond:
+            SharedTimerDeathPenalty._due.pop(id(self), None)
+
+    @classmethod
+    def _watch(cls) -> None:
+        with cls._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, penalty) in list(cls._due.items()):
+                    if deadline <= now:
+                        del cls._due[key]
+                        # Under the lock: a job cancelling now gets it in its cancel, where RQ ignores it.
+                        with contextlib.suppress(ValueError, SystemError):  # its thread is gone
+                            penalty.handle_death_penalty()
+                cls._waiting_until = min((d for d, _ in cls._due.values()), default=float("inf"))
+                cls._cond.wait(None if not cls._due else max(0.0, cls._waiting_until - now))
+
+
 class RunnerWorker(SimpleWorker):
     """An RQ worker with up to `concurrency` conversations in flight, each leased (module docstring)."""
 
-    death_penalty_class = TimerDeathPenalty  # a job timeout that works in any thread
+    death_penalty_class = SharedTimerDeathPenalty  # a job timeout that works in any thread
     log_result_lifespan = False  # one line less per conversation
     queue_class = _Queue
 
@@ -157,6 +211,10 @@ class RunnerWorker(SimpleWorker):
         with contextlib.suppress(redis_lib.RedisError, QueueError):  # else the keeper's next beat
             self._deliver_spool()  # records a worker of this machine could not store before it stopped
         threading.Thread(target=self._keep, name="runner-keeper", daemon=True).start()
+        scheduler = RQScheduler(self.queues, connection=self.connection, serializer=JSONSerializer)
+        self._rq_scheduler = scheduler
+        self._schedule_due(scheduler)  # before the first dequeue: a burst worker sees what is due
+        threading.Thread(target=self._schedule, args=(scheduler,), daemon=True).start()
         # Daemon threads: a cold stop (second signal) must not wait for them.
         for i in range(self.concurrency):
             t = threading.Thread(target=self._serve, name=f"runner-conv-{i}", daemon=True)
@@ -243,11 +301,7 @@ class RunnerWorker(SimpleWorker):
             time.sleep(min(pause, max(0.05, limit - away)))
             pause = min(pause * 2, 5.0)
         log.warning("Redis reachable again after %.1fs", time.monotonic() - began)
-        scheduler = self.scheduler
-        if scheduler is not None and not (scheduler._process and scheduler._process.is_alive()):
-            # RQ's scheduler process dies when Redis goes away; RQ restarts it only every 10 minutes.
-            with contextlib.suppress(redis_lib.RedisError):
-                scheduler.acquire_locks(auto_start=True)
+        # The scheduler thread (`_schedule`) retries on its own: nothing to restart here.
 
     def _give_up(self, away: float) -> None:
         """Redis away past the limit: every conversation stops at its next request, every Redis
@@ -413,14 +467,13 @@ class RunnerWorker(SimpleWorker):
                 self._jobs.put(None)
             self._stop_keeper.set()
             if self._gave_up:  # Redis is away: only what needs none of it
-                if self.scheduler:
-                    self.stop_scheduler()
                 home = execute.settings().home
                 log.error(
                     "exiting with code %d: %d spooled record(s) stay in %s for the next worker of this"
                     " RUNNER_HOME", EXIT_REDIS_OUTAGE, spool.pending(home), spool.spool_dir(home),
                 )  # fmt: skip
             else:
+                self._release_scheduler()
                 with contextlib.suppress(redis_lib.RedisError):
                     self.connection.zrem(WORKERS_KEY, self.name)
                 with contextlib.suppress(*_REDIS_AWAY):  # a warm stop during an outage
@@ -443,6 +496,26 @@ class RunnerWorker(SimpleWorker):
         for (job_id, token), ok in zip(held.items(), renewed, strict=True):
             if not ok:
                 fence.revoke(job_id, token)  # its token moved on: the run stops at its next request
+
+    def _schedule_due(self, scheduler: RQScheduler) -> None:
+        """What RQ's scheduler process does each interval: under its lock (one worker of all), move
+        the delayed jobs that are due to the queue."""
+        try:
+            if scheduler.acquire_locks():  # acquired, or refreshed while we hold it
+                scheduler.enqueue_scheduled_jobs()
+        except redis_lib.RedisError as e:
+            log.debug("scheduler: %s", type(e).__name__)  # Redis away: the next pass tries again
+
+    def _schedule(self, scheduler: RQScheduler) -> None:
+        while not self._stop_keeper.wait(SCHEDULE_EVERY_S):
+            self._schedule_due(scheduler)
+
+    def _release_scheduler(self) -> None:
+        """At stop: another worker takes the scheduling over at once, not after the lock's TTL."""
+        scheduler: RQScheduler | None = getattr(self, "_rq_scheduler", None)
+        if scheduler is not None:
+            with contextlib.suppress(redis_lib.RedisError):
+                scheduler.release_locks()
 
     def _keep(self) -> None:
         last_reap = 0.0
@@ -478,10 +551,8 @@ def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings, c
     execute.configure(settings)
     with contextlib.suppress(Exception):  # no key yet, or another backend: built at first use then
         shared_client(settings)  # this process's HTTP client, ready before it takes its first request slot
-    # with_scheduler: delayed jobs (the Batch API's polls, `runner.queue.batch_api_jobs`) get enqueued.
-    RunnerWorker(redis, concurrency=concurrency).work(
-        burst=burst, logging_level=logging_level, with_scheduler=True
-    )
+    # Delayed jobs (the Batch API's polls) are enqueued by the worker's scheduler thread.
+    RunnerWorker(redis, concurrency=concurrency).work(burst=burst, logging_level=logging_level)
     if burst and rq_queue(redis).count:
         sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
 
@@ -513,8 +584,10 @@ class WorkerPool:
         burst: bool = False,
         logging_level: str = "INFO",
         concurrency: int = DEFAULT_CONCURRENCY,
+        pooled: bool = True,
     ):
         self.redis_url = redis_url
+        self.pooled = pooled or processes > 1  # False: the one worker runs in this process
         self.settings = settings
         self.concurrency = concurrency
         self.processes = max(1, processes)
@@ -542,6 +615,9 @@ class WorkerPool:
                 os.kill(p.pid, signal.SIGTERM if self._stopping == 1 else signal.SIGINT)  # type: ignore[arg-type]
 
     def run(self) -> None:
+        if not self.pooled:  # no fork: nothing to preload for children, no parent to keep
+            _work(self.redis_url, self.burst, self.logging_level, self.settings, self.concurrency)
+            return
         preload()
         connect(self.redis_url)  # fail fast (exit 3) on a wrong URL, before forking anything
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -584,9 +660,11 @@ class LocalWorkers:
         settings: Settings | None = None,
         burst: bool = False,
         concurrency: int = DEFAULT_CONCURRENCY,
+        pooled: bool = True,
     ) -> None:
         self.redis_url = redis_url
         self.settings = settings  # None: this process's environment when the pool starts
+        self.pooled = pooled  # False: one worker is that process itself (`check` restarts it)
         self.processes = processes
         self.concurrency = concurrency
         self.log_path = log_path
@@ -607,6 +685,8 @@ class LocalWorkers:
         with open(self.log_path, "ab") as log_file:
             command = [sys.executable, "-m", "runner", "worker", "-n", str(self.processes),
                        "--concurrency", str(self.concurrency)]  # fmt: skip
+            if self.processes == 1 and not self.pooled:
+                command.append("--no-pool")
             self.process = subprocess.Popen(
                 command + (["--burst"] if self.burst else []),
                 env=env,
@@ -651,7 +731,10 @@ def local_workers(
     redis_url: str, processes: int, log_path: Path, settings: Settings, concurrency: int = DEFAULT_CONCURRENCY
 ) -> Iterator[LocalWorkers]:
     """A worker pool subprocess serving `redis_url` with these settings, for the length of a block."""
-    workers = LocalWorkers(redis_url, processes, log_path, settings=settings, concurrency=concurrency)
+    # A pool of one needs no parent to replace its worker: `runner run` restarts it (`check`).
+    workers = LocalWorkers(
+        redis_url, processes, log_path, settings=settings, concurrency=concurrency, pooled=False
+    )
     workers.start()
     try:
         yield workers

@@ -149,6 +149,7 @@ def run_batch(
                 ) from None
             raise
         progress.close()
+        collector.records.clear()  # the full set is read next: one copy of the records at the peak, not two
         records = sorted_records(batch.records().values())
         write_records(output, records)
     return RunOutcome(batch_id=batch_id, output=output, records=records, wall_s=time.monotonic() - started)
