@@ -204,6 +204,7 @@ class RunnerWorker(SimpleWorker):
         self._stop_keeper = threading.Event()
         self._burst = False
         self._gave_up = False  # Redis stayed away past the limit: stopping, exit EXIT_REDIS_OUTAGE
+        self._rq_beat_at = -float("inf")
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
@@ -258,8 +259,13 @@ class RunnerWorker(SimpleWorker):
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:  # part of a transaction: it fails (or waits) with it
             return super().heartbeat(timeout, pipeline)
+        # RQ beats up to three times per job, three round trips each, for a key that lives minutes
+        # (and that the keeper renews too): once per BEAT_S is plenty, and ~10% of the worker's CPU less.
+        if timeout is None and time.monotonic() - self._rq_beat_at < BEAT_S:
+            return
         base = super().heartbeat
         self._main_patiently(lambda: base(timeout))
+        self._rq_beat_at = time.monotonic()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is not None:

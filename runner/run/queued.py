@@ -10,12 +10,15 @@ takes. R is the job's `requests_per_minute`, or what the workers learned of the 
 earlier run (stored in the scope), and the turn time is the one they observed there; unknown, a
 typical tier's and a few seconds are assumed. Threads are cheap (a worker process carries up to
 `PER_PROCESS` conversations), so the size errs on the large side: the limiter, not the pool, paces.
+CPU is not: a process runs its threads under one GIL, so a rate above `PER_PROCESS_RPS` requests per
+second gets a second process (up to the machine's cores).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,21 +62,33 @@ ASSUMED_RPM = 3000
 ASSUMED_TURN_S = 5.0
 """A turn time not observed yet."""
 
+PER_PROCESS_RPS = 30
+"""Requests per second one worker process carries without its one core (the GIL) pacing it: a streamed
+turn costs it ~20 ms of CPU (bench/scale.py), so one process tops out near 45/s, less under load."""
+
 MIN_IN_FLIGHT = 16
 HEADROOM = 1.25
 """Conversations also spend time in the limiter, in retries and between turns."""
 
 
 def pool_size(
-    conversations: int, rpm: int | None, turn_s: float | None, concurrency: int | None
+    conversations: int,
+    rpm: int | None,
+    turn_s: float | None,
+    concurrency: int | None,
+    cores: int | None = None,
 ) -> tuple[int, int]:
     """(processes, conversations in flight per process) that keep `rpm` busy with turns of `turn_s`."""
-    in_flight = math.ceil((rpm or ASSUMED_RPM) / 60 * (turn_s or ASSUMED_TURN_S) * HEADROOM)
+    turn_s = turn_s or ASSUMED_TURN_S
+    in_flight = math.ceil((rpm or ASSUMED_RPM) / 60 * turn_s * HEADROOM)
     in_flight = max(MIN_IN_FLIGHT, in_flight)
     if concurrency:
         in_flight = min(in_flight, concurrency)  # more would only wait for the job's slots
     in_flight = max(1, min(in_flight, conversations))
-    processes = math.ceil(in_flight / PER_PROCESS)
+    # The request rate this pool can reach: the budget's, or less when few conversations are in flight.
+    rate = min((rpm or ASSUMED_RPM) / 60, in_flight / turn_s)
+    by_cpu = min(cores or os.cpu_count() or 1, math.ceil(rate / PER_PROCESS_RPS))
+    processes = max(math.ceil(in_flight / PER_PROCESS), by_cpu)
     return processes, math.ceil(in_flight / processes)
 
 
