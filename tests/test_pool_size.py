@@ -32,3 +32,9 @@ def test_the_rate_is_what_the_conversations_in_flight_can_reach() -> None:
 def test_many_in_flight_spread_over_processes() -> None:
     processes, per_process = pool_size(100_000, 60_000, 20.0, None, cores=1)
     assert processes > 1 and per_process <= PER_PROCESS
+
+
+def test_an_assumed_budget_starts_one_process_the_learned_one_may_add() -> None:
+    # Nothing stated or learned yet: one process (runner run adds more once the workers learn).
+    assert pool_size(100_000, None, None, None, cores=8)[0] == 1
+    assert pool_size(100_000, 60 * PER_PROCESS_RPS * 2, None, None, cores=8)[0] == 2

@@ -10,17 +10,19 @@ takes. R is the job's `requests_per_minute`, or what the workers learned of the 
 earlier run (stored in the scope), and the turn time is the one they observed there; unknown, a
 typical tier's and a few seconds are assumed. Threads are cheap (a worker process carries up to
 `PER_PROCESS` conversations), so the size errs on the large side: the limiter, not the pool, paces.
-CPU is not: a process runs its threads under one GIL, so a rate above `PER_PROCESS_RPS` requests per
-second gets a second process (up to the machine's cores).
+CPU is not: a process runs its threads under one GIL, so a known rate above `PER_PROCESS_RPS`
+requests per second gets more processes (up to the machine's cores); when the limit is learned only
+during the run, `runner run` adds them then (`LocalPool.check`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis as redis_lib
@@ -53,6 +55,8 @@ NO_WORKER_WARN_S = 5.0
 REPAIR_AFTER_S = 30.0
 """`runner run` re-checks that every unfinished conversation has a job after this long without progress."""
 
+log = logging.getLogger(__name__)
+
 PER_PROCESS = 512
 """Conversations in flight per local worker process at most (then another process)."""
 
@@ -65,6 +69,9 @@ ASSUMED_TURN_S = 5.0
 PER_PROCESS_RPS = 30
 """Requests per second one worker process carries without its one core (the GIL) pacing it: a streamed
 turn costs it ~20 ms of CPU (bench/scale.py), so one process tops out near 45/s, less under load."""
+
+RESIZE_EVERY_S = 5.0
+"""How often `runner run` re-sizes its pool from what the workers learned."""
 
 MIN_IN_FLIGHT = 16
 HEADROOM = 1.25
@@ -85,10 +92,11 @@ def pool_size(
     if concurrency:
         in_flight = min(in_flight, concurrency)  # more would only wait for the job's slots
     in_flight = max(1, min(in_flight, conversations))
-    # The request rate this pool can reach: the budget's, or less when few conversations are in flight.
-    rate = min((rpm or ASSUMED_RPM) / 60, in_flight / turn_s)
-    by_cpu = min(cores or os.cpu_count() or 1, math.ceil(rate / PER_PROCESS_RPS))
-    processes = max(math.ceil(in_flight / PER_PROCESS), by_cpu)
+    processes = math.ceil(in_flight / PER_PROCESS)
+    if rpm:  # a known budget (stated or learned), not the assumed one: is one process's CPU enough?
+        # The request rate this pool can reach: the budget's, or less with few conversations in flight.
+        rate = min(rpm / 60, in_flight / turn_s)
+        processes = max(processes, min(cores or os.cpu_count() or 1, math.ceil(rate / PER_PROCESS_RPS)))
     return processes, math.ceil(in_flight / processes)
 
 
@@ -128,16 +136,21 @@ def run_batch(
         if options.workers != 0 and settings.api_key:  # this machine's workers call the API: is it there?
             check_reachable(settings)
         workers = None
+        resize: Callable[[], tuple[int, int]] | None = None
         if options.workers is None:
-            rpm, turn_s = _learned(redis, job, tasks, settings)
-            processes, concurrency = pool_size(
-                len(tasks), job.limits.requests_per_minute or rpm, turn_s, job.limits.concurrency
-            )
+
+            def resize() -> tuple[int, int]:
+                rpm, turn_s = _learned(redis, job, tasks, settings)
+                rpm = job.limits.requests_per_minute or rpm
+                return pool_size(len(tasks), rpm, turn_s, job.limits.concurrency)
+
+            processes, concurrency = resize()
         else:
             processes, concurrency = options.workers, DEFAULT_CONCURRENCY
         if processes:  # started first: their start-up overlaps preparing and enqueuing
             log_path = settings.home / "logs" / f"workers-{job.name}.log"
-            workers = stack.enter_context(local_workers(url, processes, log_path, settings, concurrency))
+            workers = LocalPool(stack, url, log_path, settings, resize)
+            workers.add(processes, concurrency)
         batch_id = enqueue_tasks(job, tasks, redis=redis, output=options.output, settings=settings)
         batch = Batch(redis, batch_id)
         output = Path(batch.require().output)
@@ -170,11 +183,49 @@ def run_batch(
     return RunOutcome(batch_id=batch_id, output=output, records=records, wall_s=time.monotonic() - started)
 
 
+class LocalPool:
+    """`runner run`'s own worker processes: those sized at start, and more once the limit the workers
+    learn shows that one process's CPU would pace the run (`pool_size`, re-read every few seconds)."""
+
+    def __init__(
+        self,
+        stack: contextlib.ExitStack,
+        url: str,
+        log_path: Path,
+        settings: Settings,
+        resize: Callable[[], tuple[int, int]] | None,
+    ) -> None:
+        self.stack, self.url, self.log_path, self.settings = stack, url, log_path, settings
+        self.resize = resize  # None: `--workers N`, as asked
+        self.parts: list[LocalWorkers] = []
+        self.processes = 0
+        self.resized_at = time.monotonic()
+
+    def add(self, processes: int, concurrency: int) -> None:
+        part = local_workers(self.url, processes, self.log_path, self.settings, concurrency)
+        self.parts.append(self.stack.enter_context(part))
+        self.processes += processes
+
+    def check(self) -> None:
+        for part in self.parts:
+            part.check()
+        if self.resize is not None and time.monotonic() - self.resized_at >= RESIZE_EVERY_S:
+            self.resized_at = time.monotonic()
+            processes, concurrency = retrying(self.resize)
+            for _ in range(processes - self.processes):  # grows only: a smaller need just idles threads
+                log.info("adding a worker process (%d in all): the limit needs it", self.processes + 1)
+                self.add(1, concurrency)
+
+    def stop(self, grace_s: float) -> None:
+        for part in self.parts:
+            part.stop(grace_s=grace_s)
+
+
 def _follow(
     redis: redis_lib.Redis,
     batch: Batch,
     collector: Collector,
-    workers: LocalWorkers | None,
+    workers: LocalPool | LocalWorkers | None,
     progress: Progress,
     secret: str | None,
     url: str = "",
