@@ -198,23 +198,26 @@ class LocalPool:
         self.stack, self.url, self.log_path, self.settings = stack, url, log_path, settings
         self.resize = resize  # None: `--workers N`, as asked
         self.parts: list[LocalWorkers] = []
-        self.processes = 0
+        self.processes = self.concurrency = 0
         self.resized_at = time.monotonic()
 
     def add(self, processes: int, concurrency: int) -> None:
         part = local_workers(self.url, processes, self.log_path, self.settings, concurrency)
         self.parts.append(self.stack.enter_context(part))
         self.processes += processes
+        self.concurrency = self.concurrency or concurrency  # what the first ones carry, each
 
     def check(self) -> None:
         for part in self.parts:
             part.check()
         if self.resize is not None and time.monotonic() - self.resized_at >= RESIZE_EVERY_S:
             self.resized_at = time.monotonic()
-            processes, concurrency = retrying(self.resize)
+            # Grows for CPU only, up to the cores: threads are cheap, and a turn time observed under
+            # a binding limit includes the wait for budget, so in-flight counts read from it overshoot.
+            processes = min(retrying(self.resize)[0], os.cpu_count() or 1)
             for _ in range(processes - self.processes):  # grows only: a smaller need just idles threads
                 log.info("adding a worker process (%d in all): the limit needs it", self.processes + 1)
-                self.add(1, concurrency)
+                self.add(1, self.concurrency)
 
     def stop(self, grace_s: float) -> None:
         for part in self.parts:
