@@ -3,7 +3,7 @@ another process when one process's CPU would pace it."""
 
 from __future__ import annotations
 
-from runner.run.queued import PER_PROCESS, PER_PROCESS_RPS, pool_size
+from runner.run.queued import PER_PROCESS, PER_PROCESS_RPS, cpu_processes, pool_size
 
 
 def test_in_flight_follows_littles_law() -> None:
@@ -38,3 +38,10 @@ def test_an_assumed_budget_starts_one_process_the_learned_one_may_add() -> None:
     # Nothing stated or learned yet: one process (runner run adds more once the workers learn).
     assert pool_size(100_000, None, None, None, cores=8)[0] == 1
     assert pool_size(100_000, 60 * PER_PROCESS_RPS * 2, None, None, cores=8)[0] == 2
+
+
+def test_a_binding_limit_needs_no_more_cpu_however_long_turns_wait() -> None:
+    # 1,200 requests/minute is 20/s: one process's CPU, even when turns (waiting for budget) take 30 s.
+    assert cpu_processes(1200, 750, 30.0, cores=8) == 1
+    assert cpu_processes(None, 750, 30.0, cores=8) == 1  # the assumed budget: never more for CPU
+    assert cpu_processes(60 * PER_PROCESS_RPS * 4, 1000, 2.0, cores=3) == 3

@@ -92,12 +92,17 @@ def pool_size(
     if concurrency:
         in_flight = min(in_flight, concurrency)  # more would only wait for the job's slots
     in_flight = max(1, min(in_flight, conversations))
-    processes = math.ceil(in_flight / PER_PROCESS)
-    if rpm:  # a known budget (stated or learned), not the assumed one: is one process's CPU enough?
-        # The request rate this pool can reach: the budget's, or less with few conversations in flight.
-        rate = min(rpm / 60, in_flight / turn_s)
-        processes = max(processes, min(cores or os.cpu_count() or 1, math.ceil(rate / PER_PROCESS_RPS)))
+    processes = max(math.ceil(in_flight / PER_PROCESS), cpu_processes(rpm, in_flight, turn_s, cores))
     return processes, math.ceil(in_flight / processes)
+
+
+def cpu_processes(rpm: int | None, in_flight: int, turn_s: float | None, cores: int | None = None) -> int:
+    """The worker processes whose CPU a known budget (stated or learned, not the assumed one) needs."""
+    if not rpm:
+        return 1
+    # The request rate the pool can reach: the budget's, or less with few conversations in flight.
+    rate = min(rpm / 60, in_flight / (turn_s or ASSUMED_TURN_S))
+    return max(1, min(cores or os.cpu_count() or 1, math.ceil(rate / PER_PROCESS_RPS)))
 
 
 def _learned(
@@ -136,20 +141,24 @@ def run_batch(
         if options.workers != 0 and settings.api_key:  # this machine's workers call the API: is it there?
             check_reachable(settings)
         workers = None
-        resize: Callable[[], tuple[int, int]] | None = None
+        cpu_need: Callable[[], int] | None = None
         if options.workers is None:
 
-            def resize() -> tuple[int, int]:
+            def sized() -> tuple[int, int, int]:  # processes, conversations each, processes for CPU
                 rpm, turn_s = _learned(redis, job, tasks, settings)
                 rpm = job.limits.requests_per_minute or rpm
-                return pool_size(len(tasks), rpm, turn_s, job.limits.concurrency)
+                processes, each = pool_size(len(tasks), rpm, turn_s, job.limits.concurrency)
+                return processes, each, cpu_processes(rpm, processes * each, turn_s)
 
-            processes, concurrency = resize()
+            def cpu_need() -> int:
+                return sized()[2]
+
+            processes, concurrency, _ = sized()
         else:
             processes, concurrency = options.workers, DEFAULT_CONCURRENCY
         if processes:  # started first: their start-up overlaps preparing and enqueuing
             log_path = settings.home / "logs" / f"workers-{job.name}.log"
-            workers = LocalPool(stack, url, log_path, settings, resize)
+            workers = LocalPool(stack, url, log_path, settings, cpu_need)
             workers.add(processes, concurrency)
         batch_id = enqueue_tasks(job, tasks, redis=redis, output=options.output, settings=settings)
         batch = Batch(redis, batch_id)
@@ -193,10 +202,10 @@ class LocalPool:
         url: str,
         log_path: Path,
         settings: Settings,
-        resize: Callable[[], tuple[int, int]] | None,
+        cpu_need: Callable[[], int] | None,
     ) -> None:
         self.stack, self.url, self.log_path, self.settings = stack, url, log_path, settings
-        self.resize = resize  # None: `--workers N`, as asked
+        self.cpu_need = cpu_need  # None: `--workers N`, as asked
         self.parts: list[LocalWorkers] = []
         self.processes = self.concurrency = 0
         self.resized_at = time.monotonic()
@@ -210,11 +219,11 @@ class LocalPool:
     def check(self) -> None:
         for part in self.parts:
             part.check()
-        if self.resize is not None and time.monotonic() - self.resized_at >= RESIZE_EVERY_S:
+        if self.cpu_need is not None and time.monotonic() - self.resized_at >= RESIZE_EVERY_S:
             self.resized_at = time.monotonic()
-            # Grows for CPU only, up to the cores: threads are cheap, and a turn time observed under
-            # a binding limit includes the wait for budget, so in-flight counts read from it overshoot.
-            processes = min(retrying(self.resize)[0], os.cpu_count() or 1)
+            # Grows for CPU only: threads are cheap, and a turn time observed under a binding limit
+            # includes the wait for budget, so in-flight counts read from it overshoot.
+            processes = retrying(self.cpu_need)
             for _ in range(processes - self.processes):  # grows only: a smaller need just idles threads
                 log.info("adding a worker process (%d in all): the limit needs it", self.processes + 1)
                 self.add(1, self.concurrency)
