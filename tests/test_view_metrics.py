@@ -93,6 +93,39 @@ def test_metrics_sum_what_forked_workers_record() -> None:
     assert ("runner_conversations_in_flight", ()) not in m  # dead workers no longer count (livesum)
 
 
+THREADS = textwrap.dedent("""
+    import os, sys, tempfile, threading
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+    from runner.queue import metrics
+    start, failed = threading.Barrier(32), []
+
+    def conversation():
+        start.wait()
+        try:
+            with metrics.in_flight():  # the first metric of the process, from every thread at once
+                metrics.conversation_finished("completed", "passed")
+        except Exception as e:
+            failed.append(repr(e))
+
+    threads = [threading.Thread(target=conversation) for _ in range(32)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    print(failed)
+""")
+
+
+def test_a_workers_threads_making_the_metrics_at_once_all_record() -> None:
+    """A threaded worker's conversations start together: the metrics must be made once, not once
+    per thread (prometheus-client refuses a second `runner_conversations`, which failed the
+    conversation that tried)."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    out = subprocess.run(
+        [sys.executable, "-c", THREADS], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout == "[]\n"
+
+
 def _finished(m: dict[Any, float]) -> float:
     return sum(v for (name, _), v in m.items() if name == "runner_conversations_total")
 

@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +37,8 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 """Turn latency buckets: a run takes from a fraction of a second to minutes."""
 
-_metrics: dict[str, Any] = {}
+_metrics: dict[str, Any] | None = None
+_made = threading.Lock()  # a worker's conversation threads record at once: make the metrics once
 
 
 def enabled() -> bool:
@@ -75,10 +77,15 @@ def process_dead(pid: int) -> None:
 
 
 def _get() -> dict[str, Any]:
-    if not _metrics:
+    global _metrics
+    if _metrics is not None:
+        return _metrics
+    with _made:
+        if _metrics is not None:  # another thread made them while this one waited
+            return _metrics
         from prometheus_client import Counter, Gauge, Histogram
 
-        _metrics.update(
+        _metrics = dict(
             conversations=Counter("runner_conversations", "Conversations finished.", ["status", "outcome"]),
             turns=Counter("runner_turns", "Turns finished, by run status.", ["status"]),
             requests=Counter("runner_requests", "API requests sent."),
