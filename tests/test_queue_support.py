@@ -113,12 +113,14 @@ def worker_pool(
     env: dict[str, str] | None = None,
     concurrency: int = 64,
     pooled: bool = True,
+    in_flight_key: str | None = None,
 ) -> Iterator[LocalWorkers]:
     """`runner worker -n N -c C` as a subprocess, pointed at a simulator; stopped (and killed) afterwards."""
     extra = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": api_key, **(env or {})}
     workers = LocalWorkers(
-        redis_url, processes, log_path, burst=burst, concurrency=concurrency, pooled=pooled
-    )
+        redis_url, processes, log_path, burst=burst, concurrency=concurrency, pooled=pooled,
+        in_flight_key=in_flight_key,
+    )  # fmt: skip
     with mock.patch.dict(os.environ, extra):  # the pool inherits it; this process gets it back
         workers.start()
     try:

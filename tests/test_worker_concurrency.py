@@ -95,6 +95,36 @@ def test_worker_concurrency_one_process_keeps_many_runs_active(
     assert job_runs(two_second_runs.stats()) == CONVERSATIONS  # each ran once
 
 
+def test_a_running_worker_carries_what_runner_runs_pool_key_says(
+    tmp_path: Path, two_second_runs: RunningSimulator
+) -> None:
+    """`runner run` re-splits its pool over the processes it has: a worker started with `-c 16`
+    carries what the key says from its next beat on, fewer (no new conversation taken) and then more
+    than its threads (threads added)."""
+    job = load_job(write_job(tmp_path / "job.yaml", "resized", conversations=CONVERSATIONS))
+    key = "runner:pool:test:in_flight"
+    with started_redis(tmp_path / "redis") as (server, client):
+        client.set(key, 3)
+        with worker_pool(
+            server.url, 1, tmp_path / "w.log", base_url=two_second_runs.base_url,
+            concurrency=CONCURRENCY, in_flight_key=key,
+        ):  # fmt: skip
+            batch_id = enqueue_job(job, redis=client)
+            batch = Batch(client, batch_id)
+            active = ActiveRuns(two_second_runs, batch)
+            wait_until(lambda: batch.require().done >= 9, 60, 0.05, "three rounds of conversations")
+            few = active.stop()
+            client.set(key, 24)
+            active = ActiveRuns(two_second_runs, batch)
+            wait_finished(client, batch_id, timeout=120)
+            more = active.stop()
+            records = read_jsonl(collect(batch_id, client))
+    assert 1 <= few <= 3, f"{few} runs active at once with the key at 3"
+    assert more > CONCURRENCY, f"{more} runs active at once with the key at 24 (started with 16)"
+    assert conversation_ids(records) == sorted(t.conversation_id for t in expand(job))
+    assert job_runs(two_second_runs.stats()) == CONVERSATIONS  # each ran once
+
+
 def test_worker_concurrency_sigkill_reruns_every_conversation_in_flight_once(
     tmp_path: Path, two_second_runs: RunningSimulator
 ) -> None:

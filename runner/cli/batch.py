@@ -113,6 +113,7 @@ def enqueue(job_file: str, redis_url: str | None, output: str | None, batch_api:
     help="Ride out an unreachable Redis this long, then stop (exit 69). [default: RUNNER_REDIS_OUTAGE_S, 60]",
 )
 @click.option("--no-pool", is_flag=True, hidden=True, help="-n 1 with no parent to restart it (runner run).")
+@click.option("--in-flight-key", hidden=True, help="Redis key: how many conversations to carry (runner run).")
 def worker(
     redis_url: str | None,
     processes: int,
@@ -122,6 +123,7 @@ def worker(
     metrics_host: str,
     redis_outage: float | None,
     no_pool: bool,
+    in_flight_key: str | None,
 ) -> None:
     """Process conversations of any batch on the Redis, under each job's shared limits, until stopped.
 
@@ -168,7 +170,10 @@ def worker(
     from runner.queue.worker import WorkerPool
 
     pooled = not no_pool
-    WorkerPool(url, processes, settings=settings, burst=burst, concurrency=concurrency, pooled=pooled).run()
+    WorkerPool(
+        url, processes, settings=settings, burst=burst, concurrency=concurrency, pooled=pooled,
+        in_flight_key=in_flight_key,
+    ).run()  # fmt: skip
 
 
 @main.command()

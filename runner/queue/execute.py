@@ -106,8 +106,10 @@ def run_task(task: dict[str, Any], batch_id: str, generation: int = 1, attempt: 
             through = ThroughOutages(limiter)
             record = run_conversation(t, batch_id=batch_id, limiter=through, attempt=attempt, settings=config)
         for turn in record["turns"] if not fence.redis_away() else ():
-            if turn["latency_ms"] is not None:
-                limiter.note_turn(turn["latency_ms"] / 1000)
+            # The server's time, not the wall time: a wait for budget is not work the pool sizes for.
+            seconds = turn.get("server_latency_ms", turn["latency_ms"])
+            if seconds is not None:
+                limiter.note_turn(seconds / 1000)
     except FatalAPIError as e:
         batch.abort(str(e))
         batch.transition(conv, "dropped")

@@ -184,7 +184,12 @@ class RunnerWorker(SimpleWorker):
     queue_class = _Queue
 
     def __init__(
-        self, connection: redis_lib.Redis, name: str | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
+        self,
+        connection: redis_lib.Redis,
+        name: str | None = None,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        in_flight_key: str | None = None,
     ) -> None:
         super().__init__(
             [QUEUE_NAME],
@@ -196,6 +201,7 @@ class RunnerWorker(SimpleWorker):
             job_class=security.GuardedJob,  # imports no callback, nor a function off the allow-list
         )
         self.concurrency = max(1, concurrency)
+        self.in_flight_key = in_flight_key  # `runner run`'s pool: how many each of its processes carries
         self._running: set[str] = set()  # job ids in flight (their leases are refreshed)
         self._tokens: dict[str, int] = {}  # their fencing tokens (`runner.queue.fence`)
         self._changed = threading.Condition()
@@ -216,11 +222,29 @@ class RunnerWorker(SimpleWorker):
         self._rq_scheduler = scheduler
         self._schedule_due(scheduler)  # before the first dequeue: a burst worker sees what is due
         threading.Thread(target=self._schedule, args=(scheduler,), daemon=True).start()
+        self._add_threads(self.concurrency)
+
+    def _add_threads(self, n: int) -> None:
         # Daemon threads: a cold stop (second signal) must not wait for them.
-        for i in range(self.concurrency):
-            t = threading.Thread(target=self._serve, name=f"runner-conv-{i}", daemon=True)
+        for _ in range(n):
+            t = threading.Thread(target=self._serve, name=f"runner-conv-{len(self._threads)}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _resize(self, value: bytes | str | None) -> None:
+        """`runner run` re-split its pool (`in_flight_key`): carry this many conversations from now
+        on. Fewer: no new one is taken until enough have finished; more: threads are added."""
+        if value is None:
+            return
+        want = max(1, int(value))
+        if want == self.concurrency:
+            return
+        log.info("conversations in flight: up to %d (was %d)", want, self.concurrency)
+        if self._threads and want > len(self._threads):  # else bootstrap starts `concurrency` of them
+            self._add_threads(want - len(self._threads))
+        with self._changed:
+            self.concurrency = want
+            self._changed.notify_all()
 
     @property
     def in_flight(self) -> int:
@@ -496,9 +520,14 @@ class RunnerWorker(SimpleWorker):
             # Renewed only while the token is current; re-taken after a Redis restart lost it.
             fence.relet(pipe, lease_key(job_id), job_id, self.name, token, LEASE_TTL_S)
         pipe.expire(self.key, WORKER_TTL_S + 60)
+        if self.in_flight_key:
+            pipe.get(self.in_flight_key)
         sent_at = time.monotonic()
-        renewed = pipe.execute()[2 : 2 + len(held)]
+        answers = pipe.execute()
+        renewed = answers[2 : 2 + len(held)]
         fence.confirmed(sent_at)
+        if self.in_flight_key:
+            self._resize(answers[-1])
         for (job_id, token), ok in zip(held.items(), renewed, strict=True):
             if not ok:
                 fence.revoke(job_id, token)  # its token moved on: the run stops at its next request
@@ -542,7 +571,14 @@ class RunnerWorker(SimpleWorker):
                 log.exception("keeper")
 
 
-def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings, concurrency: int) -> None:
+def _work(
+    redis_url: str,
+    burst: bool,
+    logging_level: str,
+    settings: Settings,
+    concurrency: int,
+    in_flight_key: str | None = None,
+) -> None:
     """A pool child: one RunnerWorker until stopped (burst: until the queue is empty)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
@@ -558,7 +594,8 @@ def _work(redis_url: str, burst: bool, logging_level: str, settings: Settings, c
     with contextlib.suppress(Exception):  # no key yet, or another backend: built at first use then
         shared_client(settings)  # this process's HTTP client, ready before it takes its first request slot
     # Delayed jobs (the Batch API's polls) are enqueued by the worker's scheduler thread.
-    RunnerWorker(redis, concurrency=concurrency).work(burst=burst, logging_level=logging_level)
+    worker = RunnerWorker(redis, concurrency=concurrency, in_flight_key=in_flight_key)
+    worker.work(burst=burst, logging_level=logging_level)
     if burst and rq_queue(redis).count:
         sys.exit(75)  # stopped early (Redis went away mid-job): the pool starts another
 
@@ -591,8 +628,10 @@ class WorkerPool:
         logging_level: str = "INFO",
         concurrency: int = DEFAULT_CONCURRENCY,
         pooled: bool = True,
+        in_flight_key: str | None = None,
     ):
         self.redis_url = redis_url
+        self.in_flight_key = in_flight_key
         self.pooled = pooled or processes > 1  # False: the one worker runs in this process
         self.settings = settings
         self.concurrency = concurrency
@@ -606,12 +645,16 @@ class WorkerPool:
     def _spawn(self) -> None:
         p = self._ctx.Process(
             target=_work,
-            args=(self.redis_url, self.burst, self.logging_level, self.settings, self.concurrency),
+            args=self._work_args(),
             name="runner-worker",
         )
         p.start()
         assert p.pid is not None
         self._children[p.pid] = (p, time.monotonic())
+
+    def _work_args(self) -> tuple[str, bool, str, Settings, int, str | None]:
+        s = self
+        return (s.redis_url, s.burst, s.logging_level, s.settings, s.concurrency, s.in_flight_key)
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping += 1
@@ -622,7 +665,7 @@ class WorkerPool:
 
     def run(self) -> None:
         if not self.pooled:  # no fork: nothing to preload for children, no parent to keep
-            _work(self.redis_url, self.burst, self.logging_level, self.settings, self.concurrency)
+            _work(*self._work_args())
             return
         preload()
         connect(self.redis_url)  # fail fast (exit 3) on a wrong URL, before forking anything
@@ -667,8 +710,10 @@ class LocalWorkers:
         burst: bool = False,
         concurrency: int = DEFAULT_CONCURRENCY,
         pooled: bool = True,
+        in_flight_key: str | None = None,
     ) -> None:
         self.redis_url = redis_url
+        self.in_flight_key = in_flight_key
         self.settings = settings  # None: this process's environment when the pool starts
         self.pooled = pooled  # False: one worker is that process itself (`check` restarts it)
         self.processes = processes
@@ -693,6 +738,8 @@ class LocalWorkers:
                        "--concurrency", str(self.concurrency)]  # fmt: skip
             if self.processes == 1 and not self.pooled:
                 command.append("--no-pool")
+            if self.in_flight_key:
+                command += ["--in-flight-key", self.in_flight_key]
             self.process = subprocess.Popen(
                 command + (["--burst"] if self.burst else []),
                 env=env,
@@ -734,13 +781,19 @@ class LocalWorkers:
 
 @contextlib.contextmanager
 def local_workers(
-    redis_url: str, processes: int, log_path: Path, settings: Settings, concurrency: int = DEFAULT_CONCURRENCY
+    redis_url: str,
+    processes: int,
+    log_path: Path,
+    settings: Settings,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    in_flight_key: str | None = None,
 ) -> Iterator[LocalWorkers]:
     """A worker pool subprocess serving `redis_url` with these settings, for the length of a block."""
     # A pool of one needs no parent to replace its worker: `runner run` restarts it (`check`).
     workers = LocalWorkers(
-        redis_url, processes, log_path, settings=settings, concurrency=concurrency, pooled=False
-    )
+        redis_url, processes, log_path, settings=settings, concurrency=concurrency, pooled=False,
+        in_flight_key=in_flight_key,
+    )  # fmt: skip
     workers.start()
     try:
         yield workers

@@ -6,13 +6,18 @@ after a short grace, writes what has arrived and says how to finish the batch (r
 
 Without `--workers`, the local pool is sized to fill the limit (`pool_size`): by Little's law, the
 conversations in flight that a budget of R requests per minute needs are R/60 x the time a turn
-takes. R is the job's `requests_per_minute`, or what the workers learned of the server's limit on an
-earlier run (stored in the scope), and the turn time is the one they observed there; unknown, a
-typical tier's and a few seconds are assumed. Threads are cheap (a worker process carries up to
-`PER_PROCESS` conversations), so the size errs on the large side: the limiter, not the pool, paces.
-CPU is not: a process runs its threads under one GIL, so a known rate above `PER_PROCESS_RPS`
-requests per second gets more processes (up to the machine's cores); when the limit is learned only
-during the run, `runner run` adds them then (`LocalPool.check`).
+takes at the server. R is the job's `requests_per_minute`, or what the workers learned of the
+server's limit (stored in the scope), and the turn time is the one they observed; a stated limit
+with no observed turn time assumes a few seconds, and with nothing stated or learned the pool starts
+at `START_IN_FLIGHT`. CPU: a process runs its threads under one GIL, so a known rate above
+`PER_PROCESS_RPS` requests per second gets more processes (up to the machine's cores).
+
+The workers learn during the run (the limit from the first answers' headers, the turn time from the
+first turns), so `LocalPool.check` re-sizes every few seconds: it adds processes (never stops one
+mid-run) and re-splits the conversations in flight over them through a Redis key each worker reads
+at its beat (`runner worker --in-flight-key`). The pool starts small and grows rather than the
+other way round: a conversation waiting for budget still holds its thread and memory, and a process
+gives little of it back once it has grown.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -60,8 +66,8 @@ log = logging.getLogger(__name__)
 PER_PROCESS = 512
 """Conversations in flight per local worker process at most (then another process)."""
 
-ASSUMED_RPM = 3000
-"""A limit nobody stated or learned yet: a typical paid tier's requests per minute."""
+START_IN_FLIGHT = DEFAULT_CONCURRENCY
+"""Conversations in flight while no limit is stated or learned yet (the pool grows once one is)."""
 
 ASSUMED_TURN_S = 5.0
 """A turn time not observed yet."""
@@ -72,6 +78,9 @@ turn costs it ~20 ms of CPU (bench/scale.py), so one process tops out near 45/s,
 
 RESIZE_EVERY_S = 5.0
 """How often `runner run` re-sizes its pool from what the workers learned."""
+
+POOL_KEY_TTL_S = 24 * 3600
+"""The pool's in-flight key outlives a `runner run` that was SIGKILLed by this long at most."""
 
 MIN_IN_FLIGHT = 16
 HEADROOM = 1.25
@@ -86,9 +95,10 @@ def pool_size(
     cores: int | None = None,
 ) -> tuple[int, int]:
     """(processes, conversations in flight per process) that keep `rpm` busy with turns of `turn_s`."""
-    turn_s = turn_s or ASSUMED_TURN_S
-    in_flight = math.ceil((rpm or ASSUMED_RPM) / 60 * turn_s * HEADROOM)
-    in_flight = max(MIN_IN_FLIGHT, in_flight)
+    if rpm:
+        in_flight = max(MIN_IN_FLIGHT, math.ceil(rpm / 60 * (turn_s or ASSUMED_TURN_S) * HEADROOM))
+    else:
+        in_flight = START_IN_FLIGHT
     if concurrency:
         in_flight = min(in_flight, concurrency)  # more would only wait for the job's slots
     in_flight = max(1, min(in_flight, conversations))
@@ -141,24 +151,24 @@ def run_batch(
         if options.workers != 0 and settings.api_key:  # this machine's workers call the API: is it there?
             check_reachable(settings)
         workers = None
-        cpu_need: Callable[[], int] | None = None
+        sizer: Callable[[], tuple[int, int] | None] | None = None
         if options.workers is None:
 
-            def sized() -> tuple[int, int, int]:  # processes, conversations each, processes for CPU
+            def sized() -> tuple[int, int] | None:  # (processes, conversations each); None: keep
                 rpm, turn_s = _learned(redis, job, tasks, settings)
-                rpm = job.limits.requests_per_minute or rpm
-                processes, each = pool_size(len(tasks), rpm, turn_s, job.limits.concurrency)
-                return processes, each, cpu_processes(rpm, processes * each, turn_s)
+                if job.limits.requests_per_minute:
+                    rpm = job.limits.requests_per_minute
+                elif turn_s is None and rpm:
+                    return None  # a learned limit, no turn time yet: an assumed one would overshoot
+                return pool_size(len(tasks), rpm, turn_s, job.limits.concurrency)
 
-            def cpu_need() -> int:
-                return sized()[2]
-
-            processes, concurrency, _ = sized()
+            sizer = sized
+            processes, concurrency = sized() or (1, START_IN_FLIGHT)
         else:
             processes, concurrency = options.workers, DEFAULT_CONCURRENCY
         if processes:  # started first: their start-up overlaps preparing and enqueuing
             log_path = settings.home / "logs" / f"workers-{job.name}.log"
-            workers = LocalPool(stack, url, log_path, settings, cpu_need)
+            workers = LocalPool(stack, redis, url, log_path, settings, sizer)
             workers.add(processes, concurrency)
         batch_id = enqueue_tasks(job, tasks, redis=redis, output=options.output, settings=settings)
         batch = Batch(redis, batch_id)
@@ -193,40 +203,58 @@ def run_batch(
 
 
 class LocalPool:
-    """`runner run`'s own worker processes: those sized at start, and more once the limit the workers
-    learn shows that one process's CPU would pace the run (`pool_size`, re-read every few seconds)."""
+    """`runner run`'s own worker processes. Sized (`sizer`): one worker process per part, no pool
+    parent, re-sized every `RESIZE_EVERY_S` from what the workers learned (module docstring). With
+    `--workers N` (no sizer): one pool of N, as asked."""
 
     def __init__(
         self,
         stack: contextlib.ExitStack,
+        redis: redis_lib.Redis,
         url: str,
         log_path: Path,
         settings: Settings,
-        cpu_need: Callable[[], int] | None,
+        sizer: Callable[[], tuple[int, int] | None] | None,
     ) -> None:
-        self.stack, self.url, self.log_path, self.settings = stack, url, log_path, settings
-        self.cpu_need = cpu_need  # None: `--workers N`, as asked
+        self.stack, self.redis, self.url, self.log_path, self.settings = stack, redis, url, log_path, settings
+        self.sizer = sizer
+        self.key = f"runner:pool:{uuid.uuid4().hex}:in_flight" if sizer is not None else None
         self.parts: list[LocalWorkers] = []
         self.processes = self.concurrency = 0
         self.resized_at = time.monotonic()
+        if self.key is not None:
+            key = self.key
+            stack.callback(lambda: retrying(lambda: redis.delete(key)))
 
     def add(self, processes: int, concurrency: int) -> None:
-        part = local_workers(self.url, processes, self.log_path, self.settings, concurrency)
-        self.parts.append(self.stack.enter_context(part))
+        for n in [1] * processes if self.key is not None else [processes]:
+            part = local_workers(self.url, n, self.log_path, self.settings, concurrency, self.key)
+            self.parts.append(self.stack.enter_context(part))
         self.processes += processes
-        self.concurrency = self.concurrency or concurrency  # what the first ones carry, each
+        self.concurrency = concurrency
 
     def check(self) -> None:
         for part in self.parts:
             part.check()
-        if self.cpu_need is not None and time.monotonic() - self.resized_at >= RESIZE_EVERY_S:
-            self.resized_at = time.monotonic()
-            # Grows for CPU only: threads are cheap, and a turn time observed under a binding limit
-            # includes the wait for budget, so in-flight counts read from it overshoot.
-            processes = retrying(self.cpu_need)
-            for _ in range(processes - self.processes):  # grows only: a smaller need just idles threads
-                log.info("adding a worker process (%d in all): the limit needs it", self.processes + 1)
-                self.add(1, self.concurrency)
+        if self.sizer is None or time.monotonic() - self.resized_at < RESIZE_EVERY_S:
+            return
+        self.resized_at = time.monotonic()
+        sized = retrying(self.sizer)
+        if sized is None:
+            return
+        processes, each = sized
+        in_flight = processes * each
+        processes = max(processes, self.processes)  # a process is not stopped mid-run
+        each = math.ceil(in_flight / processes)
+        if each != self.concurrency:
+            log.info("%d conversations in flight: %d per process (was %d)", in_flight, each, self.concurrency)
+            key = self.key
+            assert key is not None
+            retrying(lambda: self.redis.set(key, each, ex=POOL_KEY_TTL_S))
+            self.concurrency = each
+        if processes > self.processes:
+            log.info("adding %d worker process(es): the limit needs their CPU", processes - self.processes)
+            self.add(processes - self.processes, each)
 
     def stop(self, grace_s: float) -> None:
         for part in self.parts:
@@ -276,9 +304,7 @@ def _follow(
         time.sleep(0.25)
 
 
-def retry_here(
-    batch_id: str, options: RunOptions, settings: Settings
-) -> tuple[int, RunOutcome | None]:
+def retry_here(batch_id: str, options: RunOptions, settings: Settings) -> tuple[int, RunOutcome | None]:
     """`runner retry BATCH` on the embedded Redis: enqueue the failed and errored conversations
     again and, as no worker serves this Redis, run them with `options.workers` local worker
     processes (`--simulate`: against the simulator answering by the batch's job file), then write
