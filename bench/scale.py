@@ -307,7 +307,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from runner.run.queued import pool_size
 
-    processes, per_process = pool_size(args.conversations, None, None, None)  # what `runner run` picks
+    # What `runner run`'s pool converges to once its workers learned the limit and the turn time (it
+    # starts at 64 and grows): the others get the same conversations in flight.
+    processes, per_process = pool_size(args.conversations, args.rpm, args.latency, None)
     in_flight = processes * per_process
     sim = Simulator(args.latency, args.rpm)
     rows = []

@@ -72,9 +72,10 @@ START_IN_FLIGHT = DEFAULT_CONCURRENCY
 ASSUMED_TURN_S = 5.0
 """A turn time not observed yet."""
 
-PER_PROCESS_RPS = 30
+PER_PROCESS_RPS = 60
 """Requests per second one worker process carries without its one core (the GIL) pacing it: a streamed
-turn costs it ~20 ms of CPU (bench/scale.py), so one process tops out near 45/s, less under load."""
+turn costs it ~12 ms of CPU (bench/scale.py: 46 turns/s took 56 % of a core), so one process tops out
+near 80/s, less under load."""
 
 RESIZE_EVERY_S = 5.0
 """How often `runner run` re-sizes its pool from what the workers learned."""
