@@ -84,11 +84,11 @@ def shared_client(settings: Settings) -> openai.OpenAI:
 def _answer_types(api: Api) -> tuple[object, ...]:
     """The SDK types a backend of `api` parses answers into (imported only for the APIs in use:
     the Assistants types alone pull in every beta type, half a second)."""
-    if api is Api.ASSISTANTS:
-        from openai.types.beta import Assistant, AssistantStreamEvent, Thread
+    if api is Api.ASSISTANTS:  # its stream events stay dicts (`AssistantsConversation._stream_post`)
+        from openai.types.beta import Assistant, Thread
         from openai.types.beta.threads import Message, Run
 
-        return Assistant, Thread, Run, Message, AssistantStreamEvent
+        return Assistant, Thread, Run, Message
     if api is Api.RESPONSES:
         from openai.types.conversations import Conversation
         from openai.types.responses import Response, ResponseStreamEvent
