@@ -81,20 +81,11 @@ def _run_of(data: dict[str, Any]) -> Any:
     return Run.construct(**data)
 
 
-def _text_of_data(message: dict[str, Any]) -> str:
-    """A message's text, from the message as it came on the wire (a stream event's data)."""
+def _text_of(message: dict[str, Any]) -> str:
+    """A message's text, from the message as it is on the wire (a stream event's data, a listed
+    message's `to_dict()`)."""
     parts = [(part.get("text") or {}).get("value") for part in message.get("content") or []]
     return "".join(p for p in parts if isinstance(p, str))
-
-
-def _text_of(message: Any) -> str:
-    parts = []
-    for part in getattr(message, "content", None) or []:
-        text = getattr(part, "text", None)
-        value = getattr(text, "value", None)
-        if isinstance(value, str):
-            parts.append(value)
-    return "".join(parts)
 
 
 class AssistantsBackend(Backend):
@@ -372,7 +363,7 @@ class AssistantsConversation(Conversation):
                     name in ("thread.message.completed", "thread.message.incomplete")
                     and data.get("role") == "assistant"
                 ):
-                    state.messages[data["id"]] = _text_of_data(data)
+                    state.messages[data["id"]] = _text_of(data)
                 if time.monotonic() >= deadline:
                     break
         except openai.APIStatusError:
@@ -446,7 +437,7 @@ class AssistantsConversation(Conversation):
         page = self.caller.call(
             lambda: self.threads.messages.list(thread_id, run_id=run_id, order="asc", limit=100)
         )
-        state.messages = {m.id: _text_of(m) for m in page.data if m.role == "assistant"}
+        state.messages = {m.id: _text_of(m.to_dict()) for m in page.data if m.role == "assistant"}
         state.have_text = True
 
 
